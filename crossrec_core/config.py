@@ -104,18 +104,20 @@ class RunConfig:
         for key in sorted(set(mapping) - set(by_key)):
             problems.append(f"{key!r}: unknown key (known keys: {', '.join(sorted(by_key))})")
         values: dict[str, Any] = {}
+        bad: set[str] = set()  # keys with a problem of their own: cross-checks skip them
         for key, f in by_key.items():
             if key not in mapping:
                 problems.append(f"{key!r}: missing")
+                bad.add(key)
                 continue
             value, problem = _coerce(mapping[key], f.metadata["kind"])
             if problem is None and f.metadata["check"] is not None:
                 problem = f.metadata["check"](value)
             if problem is not None:
                 problems.append(f"{key!r} = {mapping[key]!r}: {problem}")
+                bad.add(key)
             values[f.name] = value
-        if not problems:
-            problems.extend(_cross_checks(values))
+        problems.extend(_cross_checks(values, bad))
         if problems:
             raise ConfigError("invalid run config:", problems)
         return cls(**values)
@@ -143,17 +145,19 @@ def _coerce(value: Any, kind: type) -> tuple[Any, str | None]:
     return value, None
 
 
-def _cross_checks(values: dict[str, Any]) -> list[str]:
+def _cross_checks(values: dict[str, Any], bad: set[str]) -> list[str]:
     problems = []
-    silos = [s.strip() for s in values["silos"].split(",") if s.strip()]
-    if len(set(silos)) != len(silos):
-        problems.append(f"'silos' = {values['silos']!r}: names a silo twice")
-    if values["target"] not in silos:
-        problems.append(f"'target' = {values['target']!r}: not one of 'silos' ({', '.join(silos)})")
-    try:
-        parse_event_weights(values["event_weights"])
-    except ValueError as exc:
-        problems.append(f"'event-weights' = {values['event_weights']!r}: {exc}")
+    if "silos" not in bad:
+        silos = [s.strip() for s in values["silos"].split(",") if s.strip()]
+        if len(set(silos)) != len(silos):
+            problems.append(f"'silos' = {values['silos']!r}: names a silo twice")
+        if "target" not in bad and values["target"] not in silos:
+            problems.append(f"'target' = {values['target']!r}: not one of 'silos' ({', '.join(silos)})")
+    if "event-weights" not in bad:
+        try:
+            parse_event_weights(values["event_weights"])
+        except ValueError as exc:
+            problems.append(f"'event-weights' = {values['event_weights']!r}: {exc}")
     return problems
 
 

@@ -112,7 +112,7 @@ def _read_table(path: Path) -> tuple[list[str], dict[str, list], str]:
 def _read_csv(path: Path) -> tuple[list[str], dict[str, list], str]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as fh:  # type: ignore[operator]
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:  # type: ignore[operator]
             text = fh.read()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataValidationError(f"{path}: cannot read", [f"{type(exc).__name__}: {exc}"]) from None
@@ -122,7 +122,7 @@ def _read_csv(path: Path) -> tuple[list[str], dict[str, list], str]:
     try:
         header = next(reader)
     except StopIteration:
-        raise DataValidationError(f"{path}: empty file", ["the file has no header and no rows"]) from None
+        raise DataValidationError(f"{path}: empty file", [f"{path}:1: no header and no rows (0 bytes of text)"]) from None
     except csv.Error as exc:
         raise DataValidationError(f"{path}: not valid CSV", [f"line 1: {exc}"]) from None
     header = [h.strip() for h in header]
@@ -197,6 +197,7 @@ def _validate(
     def at(i: int) -> str:
         return f"{path}:{columns['__line__'][i]}" if where == "line" else f"{path} row {columns['__line__'][i]}"
 
+    head = f"{path}:1" if where == "line" else f"{path} (header)"
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     order_cols = [c for c in ORDER_COLUMNS if c in header]
     if not order_cols:
@@ -204,11 +205,11 @@ def _validate(
     if missing:
         raise DataValidationError(
             f"{path}: missing column(s)",
-            [f"missing {m!r}; the header has {header!r}" for m in missing],
+            [f"{head}: missing {m!r}; the header has {header!r}" for m in missing],
         )
     n = len(columns["user_id"])
     if n == 0:
-        raise DataValidationError(f"{path}: empty file", ["the file has a header but no data rows"])
+        raise DataValidationError(f"{path}: empty file", [f"{head}: the header {header!r} is followed by no data rows"])
     order_col = order_cols[0]
     problems: list[str] = []
     for col in REQUIRED_COLUMNS:
