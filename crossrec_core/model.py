@@ -29,7 +29,9 @@ class CrossRecModel(nn.Module):
     """Hashed two-row embeddings for shoppers and items plus private parts for each silo in ``silos``.
 
     Each table is called exactly once per forward pass (positives and negatives together), which is
-    what Opacus' ghost clipping needs to compute exact per-shopper gradient norms.
+    what Opacus' ghost clipping needs to compute exact per-shopper gradient norms. ``sparse=True``
+    gives the tables sparse gradients (fast non-private training); DP training needs ``sparse=False``
+    (noise touches every row anyway).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class CrossRecModel(nn.Module):
         silos: Iterable[str],
         init_std: float = 0.05,
         seed: int = 0,
+        sparse: bool = False,
     ) -> None:
         super().__init__()
         silos = [check_silo_name(s) for s in silos]
@@ -48,8 +51,8 @@ class CrossRecModel(nn.Module):
             raise ValueError("a model needs at least one silo")
         gen = torch.Generator().manual_seed(seed)
         self.dim = dim
-        self.shopper_table = nn.Embedding(shopper_rows, dim)
-        self.item_table = nn.Embedding(item_rows, dim)
+        self.shopper_table = nn.Embedding(shopper_rows, dim, sparse=sparse)
+        self.item_table = nn.Embedding(item_rows, dim, sparse=sparse)
         with torch.no_grad():
             self.shopper_table.weight.normal_(0.0, init_std, generator=gen)
             self.item_table.weight.normal_(0.0, init_std, generator=gen)
@@ -61,7 +64,7 @@ class CrossRecModel(nn.Module):
                 head.weight.copy_(torch.eye(dim))
                 head.bias.zero_()
             self.heads[silo] = head
-            bias = nn.Embedding(item_rows, 1)
+            bias = nn.Embedding(item_rows, 1, sparse=sparse)
             nn.init.zeros_(bias.weight)
             self.item_bias[silo] = bias
 

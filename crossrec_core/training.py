@@ -240,12 +240,38 @@ def train(
         raise TrainingError("nothing to train on: a silo has no shopper with training interactions")
     if dp is not None and len(datas) != 1:
         raise TrainingError("DP training takes one silo's data at a time (the privacy unit is per silo)")
+    if dp is not None and any(isinstance(m, nn.Embedding) and m.sparse for m in model.modules()):
+        raise TrainingError("DP training needs a model with dense tables (sparse=False)")
     criterion = ShopperLoss(settings.loss, settings.l2)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
+    optimizer = _optimizer(model, settings.learning_rate)
     torch_gen = torch.Generator().manual_seed(int(derive_rng(seed, *(d.silo for d in datas), "train").integers(2**62)))
     if dp is not None:
         return _train_dp(model, datas[0], criterion, optimizer, settings, epochs, dp, accountant_state_in, torch_gen, on_epoch_end, progress)
     return _train_plain(model, datas, criterion, optimizer, settings, epochs, torch_gen, on_epoch_end, progress)
+
+
+class _Optimizers:
+    """Adam for dense parameters plus SparseAdam for sparse embedding tables, stepped together."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
+        self.parts = parts
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.parts:
+            p.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for p in self.parts:
+            p.step()
+
+
+def _optimizer(model: nn.Module, lr: float):
+    sparse = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+    ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    if not sparse:
+        return torch.optim.Adam(dense, lr=lr)
+    return _Optimizers([torch.optim.Adam(dense, lr=lr), torch.optim.SparseAdam(sparse, lr=lr)])
 
 
 def _step_inputs(data: ShopperData, index: torch.Tensor, settings: TrainSettings, gen: torch.Generator):
