@@ -32,33 +32,12 @@ from crossrec_core.evaluation import NDCG, ModelScorer, PopularityScorer, Scorer
 from crossrec_core.model import CrossRecModel
 from crossrec_core.reporting import code_version, comparison_markdown, new_run_dir, write_atomic, write_json
 from crossrec_core.scenario import Scenario, build_scenario, resolve_data_dir
-from crossrec_core.training import TrainSettings, clone_state, train
+from crossrec_core.silo import new_model, train_settings
+from crossrec_core.training import clone_state, train
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("popularity", "target-only", "pooled")
-
-
-def train_settings(config: RunConfig) -> TrainSettings:
-    return TrainSettings(
-        loss=config.loss,  # type: ignore[arg-type]
-        l2=config.l2,
-        learning_rate=config.learning_rate,
-        batch_size=config.batch_size,
-        train_negatives=config.train_negatives,
-        max_interactions=config.max_interactions_per_shopper,
-    )
-
-
-def new_model(config: RunConfig, silos: Sequence[str], *, sparse: bool = False) -> CrossRecModel:
-    return CrossRecModel(
-        shopper_rows=config.shopper_table_size,
-        item_rows=config.item_table_size,
-        dim=config.embedding_dim,
-        silos=silos,
-        seed=config.seed,
-        sparse=sparse,
-    )
 
 
 def model_scorer(model: CrossRecModel, scenario: Scenario, silo: str) -> ModelScorer:

@@ -20,6 +20,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = PROJECT_ROOT / "pyproject.toml"
 
 LOSSES = ("bpr", "bce")
+AGGREGATIONS = ("row-mean", "sum", "fedavg")
 ACCOUNTANTS = ("rdp", "prv")
 
 
@@ -71,6 +72,16 @@ class RunConfig:
         "accountant", str, _check(lambda v: v in ACCOUNTANTS, f"must be one of {ACCOUNTANTS}")
     )
     output_dir: str = _key("output-dir", str, _non_empty)
+    num_server_rounds: int = _key("num-server-rounds", int, _positive)
+    local_epochs: float = _key("local-epochs", float, _positive)
+    finetune_epochs: float = _key("finetune-epochs", float, _non_negative)
+    min_silos: int = _key("min-silos", int, _positive)
+    merchants_per_category: int = _key("merchants-per-category", int, _positive)
+    aggregation: str = _key(
+        "aggregation", str, _check(lambda v: v in AGGREGATIONS, f"must be one of {AGGREGATIONS}")
+    )
+    run_dir: str = _key("run-dir", str)
+    round_timeout: float = _key("round-timeout", float, _positive)
 
     # ---- derived views -------------------------------------------------------------------
     @property
@@ -80,6 +91,12 @@ class RunConfig:
     @property
     def source_names(self) -> tuple[str, ...]:
         return tuple(s for s in self.silo_names if s != self.target)
+
+    @property
+    def node_silos(self) -> tuple[str, ...]:
+        """The silo of every node: each category, or each merchant of each category."""
+        m = self.merchants_per_category
+        return tuple(c if m == 1 else f"{c}-{j + 1}" for c in self.silo_names for j in range(m))
 
     @property
     def event_weight_map(self) -> dict[str, float]:
@@ -153,6 +170,16 @@ def _cross_checks(values: dict[str, Any], bad: set[str]) -> list[str]:
             problems.append(f"'silos' = {values['silos']!r}: names a silo twice")
         if "target" not in bad and values["target"] not in silos:
             problems.append(f"'target' = {values['target']!r}: not one of 'silos' ({', '.join(silos)})")
+        for name in silos:
+            if not name.replace("_", "").isalnum():
+                problems.append(f"'silos': silo name {name!r} may only hold letters, digits and '_'")
+        if not {"min-silos", "merchants-per-category"} & bad:
+            nodes = len(silos) * values["merchants_per_category"]
+            if values["min_silos"] > nodes:
+                problems.append(
+                    f"'min-silos' = {values['min_silos']}: more than the {nodes} silo nodes "
+                    f"({len(silos)} silos x {values['merchants_per_category']} merchants)"
+                )
     if "event-weights" not in bad:
         try:
             parse_event_weights(values["event_weights"])

@@ -33,6 +33,14 @@ PYPROJECT_DEFAULTS = {
     "max-grad-norm": 1.0,
     "accountant": "rdp",
     "output-dir": "runs",
+    "num-server-rounds": 5,
+    "local-epochs": 1.0,
+    "finetune-epochs": 2.0,
+    "min-silos": 2,
+    "merchants-per-category": 1,
+    "aggregation": "row-mean",
+    "run-dir": "",
+    "round-timeout": 3600.0,
 }
 
 

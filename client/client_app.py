@@ -1,0 +1,107 @@
+"""ClientApp: one node is one silo.
+
+The silo is named by ``node_config["silo"]`` (a deployed SuperNode) or, in simulation, by the node's
+``partition-id`` in the run's list of silos. ``node_config["data-dir"]`` overrides where its file is.
+Only the shared tensors' update leaves the node; the silo-private head and item biases and the
+privacy accountant stay in ``context.state`` across rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from client import records as R
+from crossrec_core.config import RunConfig
+from crossrec_core.errors import PrivacyError
+from crossrec_core.scenario import resolve_data_dir
+from crossrec_core.config import PROJECT_ROOT
+from crossrec_core.silo import evaluate_test, load_view, plan_privacy, train_round
+
+logger = logging.getLogger(__name__)
+app = ClientApp()
+
+
+def _view(context: Context):
+    mapping = dict(context.run_config)
+    if "data-dir" in context.node_config:
+        mapping["data-dir"] = str(context.node_config["data-dir"])
+    config = resolve_data_dir(RunConfig.from_mapping(mapping), PROJECT_ROOT)
+    if "silo" in context.node_config:
+        silo = str(context.node_config["silo"])
+    else:
+        silo = config.node_silos[int(context.node_config["partition-id"])]
+    return load_view(config, silo)
+
+
+def _private(context: Context):
+    return R.from_array_record(context.state[R.STATE_PRIVATE]) if R.STATE_PRIVATE in context.state else None
+
+
+def _accountant(context: Context):
+    if R.STATE_PRIVACY not in context.state:
+        return None
+    return json.loads(str(context.state[R.STATE_PRIVACY]["accountant"]))
+
+
+@app.query()
+def setup(msg: Message, context: Context) -> Message:
+    """Say which silo this node is, its size, and (with DP) its privacy plan for the whole run."""
+    view = _view(context)
+    plan = plan_privacy(view).as_dict() if view.config.dp else {}
+    info = R.to_json_config(
+        name=view.name, category=view.category, shoppers=view.split.num_users,
+        train_interactions=len(view.split.train_user), plan=plan,
+    )
+    return Message(RecordDict({R.SILO: info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train from the global shared tensors; reply with their update, row masks and metrics."""
+    view = _view(context)
+    instruction = msg.content[R.INSTRUCTION]
+    shared = R.from_array_record(msg.content[R.SHARED])
+    try:
+        result = train_round(
+            view, shared, _private(context), _accountant(context),
+            epochs=float(instruction["epochs"]), round_number=int(instruction["round"]), phase=str(instruction["phase"]),
+        )
+    except PrivacyError as exc:
+        logger.warning("%s", exc)
+        status = R.to_json_config(name=view.name, status=R.STATUS_REFUSED, reason=str(exc))
+        return Message(RecordDict({R.SILO: status}), reply_to=msg)
+    context.state[R.STATE_PRIVATE] = R.to_array_record(result.private)
+    if result.accountant_state is not None:
+        context.state[R.STATE_PRIVACY] = ConfigRecord({"accountant": json.dumps(result.accountant_state)})
+    update = dict(result.deltas)
+    update.update({k + R.ROWS_SUFFIX: v for k, v in result.rows.items()})
+    content = RecordDict({
+        R.UPDATE: R.to_array_record(update),
+        R.METRICS: R.to_metric_record(result.metrics),
+        R.SILO: R.to_json_config(name=view.name, status=R.STATUS_OK, accountant=result.accountant_state or {}),
+    })
+    if str(instruction["phase"]) == R.PHASE_FINETUNE:
+        # The fine-tuned model is the silo's final one: its test metrics go back with the update.
+        merged = {k: shared[k] + result.deltas[k] for k in shared}
+        test = evaluate_test(view, merged, result.private)
+        content[R.TEST] = R.to_metric_record({f"{g}/{k}": v for g, m in test.items() for k, v in m.items()})
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Test metrics of the global shared tensors with this silo's private parts, per shopper group."""
+    view = _view(context)
+    shared = R.from_array_record(msg.content[R.SHARED])
+    test = evaluate_test(view, shared, _private(context))
+    content = RecordDict({
+        R.TEST: R.to_metric_record({f"{g}/{k}": v for g, m in test.items() for k, v in m.items()}),
+        R.SILO: R.to_json_config(name=view.name, status=R.STATUS_OK),
+    })
+    return Message(content, reply_to=msg)
+
+

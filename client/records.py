@@ -1,0 +1,53 @@
+"""The message protocol between the crossrec ServerApp and ClientApp: record names and conversions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+
+# Record names in message content.
+SHARED = "shared"  # ArrayRecord, server -> silo: the global shared tensors
+UPDATE = "update"  # ArrayRecord, silo -> server: deltas of the shared tensors and their row masks
+INSTRUCTION = "instruction"  # ConfigRecord, server -> silo: phase, round, epochs
+SILO = "silo"  # ConfigRecord, silo -> server: who answered, status, reason, privacy plan
+METRICS = "metrics"  # MetricRecord, silo -> server
+TEST = "test"  # MetricRecord, silo -> server: "<group>/<metric>" test metrics
+
+# Context state entries kept by a silo across rounds.
+STATE_PRIVATE = "private"
+STATE_PRIVACY = "privacy"
+
+ROWS_SUFFIX = ".rows"
+
+PHASE_SETUP = "setup"
+PHASE_PRETRAIN = "pretrain"
+PHASE_FINETUNE = "finetune"
+
+STATUS_OK = "ok"
+STATUS_REFUSED = "refused"
+
+
+def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def to_metric_record(values: dict[str, Any]) -> MetricRecord:
+    """MetricRecord takes Python int/float only: convert numpy scalars, drop None."""
+    out: dict[str, int | float] = {}
+    for k, v in values.items():
+        if v is None:
+            continue
+        out[k] = int(v) if isinstance(v, (bool, np.bool_, int, np.integer)) else float(v)
+    return MetricRecord(out)
+
+
+def to_json_config(**values: Any) -> ConfigRecord:
+    """A ConfigRecord whose structured values are JSON strings (ConfigRecord holds scalars)."""
+    return ConfigRecord({k: v if isinstance(v, (str, int, float, bool)) else json.dumps(v) for k, v in values.items()})

@@ -1,0 +1,309 @@
+"""What one silo does in a federation, without Flower: its data view, its privacy plan, a training
+round that returns only the shared tensors' update, and evaluation on its own held-out items.
+
+A silo is a category (``Toys``) or, with ``merchants-per-category`` = m > 1, one of m merchants of a
+category (``Toys-1`` .. ``Toys-m``) that share the category's catalogue but not its shoppers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from crossrec_core.config import RunConfig
+from crossrec_core.errors import PrivacyError
+from crossrec_core.evaluation import NDCG, ModelScorer, evaluate
+from crossrec_core.keying import keyed_uniform
+from crossrec_core.model import CrossRecModel, split_state
+from crossrec_core.scenario import COLD, ALL, build_scenario
+from crossrec_core.splits import EvalNegatives, SiloSplit, derive_rng
+from crossrec_core.training import (
+    DPSettings,
+    ShopperData,
+    TrainSettings,
+    calibrate_noise,
+    make_accountant,
+    steps_per_epoch,
+    train,
+)
+
+logger = logging.getLogger(__name__)
+
+SHOPPER_TABLE = "shopper_table.weight"
+ITEM_TABLE = "item_table.weight"
+
+
+def category_of(silo: str, config: RunConfig) -> tuple[str, int]:
+    """(category, merchant index) of a node's silo name."""
+    if config.merchants_per_category == 1:
+        if silo not in config.silo_names:
+            raise ValueError(f"unknown silo {silo!r}; the federation has {', '.join(config.silo_names)}")
+        return silo, 0
+    category, _, number = silo.rpartition("-")
+    if category not in config.silo_names or not number.isdigit() or not 1 <= int(number) <= config.merchants_per_category:
+        raise ValueError(f"unknown silo {silo!r}; the federation has {', '.join(config.node_silos)}")
+    return category, int(number) - 1
+
+
+def merchant_of(user_ids: np.ndarray, *, key: str, merchants: int) -> np.ndarray:
+    """The merchant (0..m-1) each shopper of a category belongs to, fixed by the federation key."""
+    return np.minimum((keyed_uniform(user_ids, key=key, namespace="merchant") * merchants).astype(np.int64), merchants - 1)
+
+
+def restrict(split: SiloSplit, keep_users: np.ndarray, name: str) -> SiloSplit:
+    """The split of the shoppers in ``keep_users`` (bool mask), same catalogue, users re-indexed."""
+    new_index = np.full(split.num_users, -1, dtype=np.int64)
+    new_index[keep_users] = np.arange(int(keep_users.sum()))
+    rows = keep_users[split.train_user]
+    seen_u, seen_i = split.seen_items
+    seen_keep = keep_users[seen_u]
+    return SiloSplit(
+        name=name,
+        user_ids=split.user_ids[keep_users],
+        item_ids=split.item_ids,
+        train_user=new_index[split.train_user[rows]],
+        train_item=split.train_item[rows],
+        train_weight=split.train_weight[rows],
+        train_row=split.train_row[rows],
+        val_item=split.val_item[keep_users],
+        val_row=split.val_row[keep_users],
+        test_item=split.test_item[keep_users],
+        test_row=split.test_row[keep_users],
+        seen_items=(new_index[seen_u[seen_keep]], seen_i[seen_keep]),
+        cold=split.cold[keep_users],
+    )
+
+
+@dataclass(frozen=True)
+class SiloView:
+    """One node's data: its split, evaluation negatives and keyed table rows."""
+
+    name: str
+    category: str
+    split: SiloSplit
+    negatives: EvalNegatives
+    user_rows: np.ndarray
+    catalogue_rows: np.ndarray
+    config: RunConfig
+
+    @property
+    def is_target(self) -> bool:
+        return self.category == self.config.target
+
+    def shopper_data(self) -> ShopperData:
+        return ShopperData(
+            self.split,
+            user_rows=self.user_rows,
+            catalogue_rows=self.catalogue_rows,
+            max_interactions=self.config.max_interactions_per_shopper,
+        )
+
+    def groups(self) -> dict[str, np.ndarray]:
+        groups = {ALL: np.arange(self.split.num_users)}
+        if self.is_target:
+            groups = {COLD: np.flatnonzero(self.split.cold), **groups}
+        return groups
+
+
+@functools.lru_cache(maxsize=8)
+def load_view(config: RunConfig, silo: str) -> SiloView:
+    """Build (once per process and config) the view of ``silo``: the category's scenario, cut to the
+    merchant. Negatives are drawn per category, so every method and merchant count sees the same."""
+    category, merchant = category_of(silo, config)
+    scenario = build_scenario(config, silos=(category,))
+    split, negatives = scenario.splits[category], scenario.negatives(category)
+    user_rows = scenario.user_rows[category]
+    if config.merchants_per_category > 1:
+        keep = merchant_of(split.user_ids, key=config.federation_key, merchants=config.merchants_per_category) == merchant
+        split = restrict(split, keep, silo)
+        negatives = EvalNegatives(val=negatives.val[keep], test=negatives.test[keep])
+        user_rows = user_rows[keep]
+    return SiloView(silo, category, split, negatives, user_rows, scenario.catalogue_rows[category], config)
+
+
+def train_settings(config: RunConfig) -> TrainSettings:
+    return TrainSettings(
+        loss=config.loss,  # type: ignore[arg-type]
+        l2=config.l2,
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        train_negatives=config.train_negatives,
+        max_interactions=config.max_interactions_per_shopper,
+    )
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """The silo's whole planned DP work, calibrated once: every round uses the same noise."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    finetune_steps: int
+    planned_steps: int
+    epsilon_budget: float
+    delta: float
+    max_grad_norm: float
+    accountant: str
+    max_interactions_per_shopper: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def plan_privacy(view: SiloView) -> PrivacyPlan:
+    """Noise for all ``num-server-rounds`` x ``local-epochs`` (and, on the target, ``finetune-epochs``)."""
+    config = view.config
+    per_epoch = steps_per_epoch(len(view.shopper_data()), config.batch_size)
+    per_round = max(1, round(config.local_epochs * per_epoch))
+    finetune = round(config.finetune_epochs * per_epoch) if view.is_target else 0
+    planned = config.num_server_rounds * per_round + finetune
+    sigma = calibrate_noise(
+        epsilon=config.epsilon_budget,
+        delta=config.delta,
+        sample_rate=1.0 / per_epoch,
+        steps=planned,
+        accountant=config.accountant,  # type: ignore[arg-type]
+    )
+    return PrivacyPlan(
+        sigma, 1.0 / per_epoch, per_round, finetune, planned, config.epsilon_budget, config.delta,
+        config.max_grad_norm, config.accountant, config.max_interactions_per_shopper,
+    )
+
+
+def epsilon_after(plan: PrivacyPlan, accountant_state: dict | None, extra_steps: int) -> float:
+    """ε the silo would have spent after ``extra_steps`` more steps of its plan."""
+    accountant = make_accountant(plan.accountant, accountant_state)  # type: ignore[arg-type]
+    if extra_steps:
+        accountant.history.append((plan.noise_multiplier, plan.sample_rate, extra_steps))
+    if not accountant.history:
+        return 0.0
+    return float(accountant.get_epsilon(delta=plan.delta))
+
+
+def new_model(config: RunConfig, silos, *, sparse: bool) -> CrossRecModel:
+    return CrossRecModel(
+        shopper_rows=config.shopper_table_size,
+        item_rows=config.item_table_size,
+        dim=config.embedding_dim,
+        silos=silos,
+        seed=config.seed,
+        sparse=sparse,
+    )
+
+
+def initial_shared(config: RunConfig) -> dict[str, np.ndarray]:
+    """The shared tensors every federation starts from (fixed by the run seed)."""
+    model = new_model(config, ["init"], sparse=False)
+    shared, _ = split_state(model.state_dict())
+    return {k: v.numpy().copy() for k, v in shared.items()}
+
+
+@dataclass
+class RoundResult:
+    deltas: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]
+    private: dict[str, np.ndarray]
+    accountant_state: dict | None
+    metrics: dict[str, float]
+
+
+def _model_for(view: SiloView, shared: dict[str, np.ndarray], private: dict[str, np.ndarray] | None) -> CrossRecModel:
+    model = new_model(view.config, [view.name], sparse=not view.config.dp)
+    state = model.state_dict()
+    for name, value in shared.items():
+        if name not in state or tuple(state[name].shape) != value.shape:
+            raise ValueError(f"shared tensor {name!r} of shape {value.shape} does not fit this model")
+        state[name] = torch.from_numpy(np.array(value, dtype=np.float32))
+    for name, value in (private or {}).items():
+        state[name] = torch.from_numpy(np.array(value))
+    model.load_state_dict(state)
+    return model
+
+
+def train_round(
+    view: SiloView,
+    shared: dict[str, np.ndarray],
+    private: dict[str, np.ndarray] | None,
+    accountant_state: dict | None,
+    *,
+    epochs: float,
+    round_number: int,
+    phase: str,
+) -> RoundResult:
+    """Train the silo from the global shared tensors; return the shared deltas, trained-row masks,
+    the new private state, the accountant state and metrics (incl. validation NDCG@10 on own shoppers).
+
+    With DP, refuses (PrivacyError) when the steps would take ε beyond the silo's budget."""
+    config = view.config
+    data = view.shopper_data()
+    start = time.perf_counter()
+    model = _model_for(view, shared, private)
+    dp = None
+    if config.dp:
+        plan = plan_privacy(view)
+        steps = max(1, round(epochs * round(1.0 / plan.sample_rate)))
+        projected = epsilon_after(plan, accountant_state, steps)
+        if projected > plan.epsilon_budget + 1e-9:
+            raise PrivacyError(
+                f"{view.name}: {steps} more steps would spend ε = {projected:.3f} > budget {plan.epsilon_budget}; refusing"
+            )
+        dp = DPSettings(plan.noise_multiplier, plan.max_grad_norm, plan.delta, plan.accountant)  # type: ignore[arg-type]
+    seed = int(derive_rng(config.seed, view.name, phase, str(round_number)).integers(2**31))
+    report = train(
+        model, data, settings=train_settings(config), epochs=epochs, seed=seed, dp=dp,
+        accountant_state_in=accountant_state, progress=False,
+    )
+    new_shared, new_private = split_state(model.state_dict())
+    deltas = {k: new_shared[k].numpy() - shared[k] for k in shared}
+    rows = {
+        SHOPPER_TABLE: _row_mask(config.shopper_table_size, None if config.dp else data.user_rows.numpy()),
+        ITEM_TABLE: _row_mask(config.item_table_size, view.catalogue_rows),
+    }
+    val = evaluate(ModelScorer(model, view.name, view.user_rows, view.catalogue_rows), view.split, view.negatives,
+                   np.arange(view.split.num_users), stage="val", full=False)
+    metrics = {
+        "loss": report.mean_loss,
+        "steps": report.steps,
+        "num-examples": len(data),
+        "interactions": report.interactions,
+        "train-seconds": report.seconds,
+        "round-seconds": time.perf_counter() - start,
+        "val-ndcg@10": val.metrics[NDCG],
+        "epsilon": report.epsilon if report.epsilon is not None else 0.0,
+    }
+    return RoundResult(
+        deltas,
+        rows,
+        {k: v.numpy().copy() for k, v in new_private.items()},
+        report.accountant_state if config.dp else None,
+        metrics,
+    )
+
+
+def _row_mask(num_rows: int, rows: np.ndarray | None) -> np.ndarray:
+    """0/1 per table row: the rows given, or every row (``None``: DP noise reaches every row)."""
+    if rows is None:
+        return np.ones(num_rows, dtype=np.uint8)
+    mask = np.zeros(num_rows, dtype=np.uint8)
+    mask[np.asarray(rows).reshape(-1)] = 1
+    return mask
+
+
+def evaluate_test(
+    view: SiloView, shared: dict[str, np.ndarray], private: dict[str, np.ndarray] | None
+) -> dict[str, dict[str, float]]:
+    """Test metrics (sampled and full) of the silo's model per group, with group sizes under ``n``."""
+    model = _model_for(view, shared, private)
+    scorer = ModelScorer(model, view.name, view.user_rows, view.catalogue_rows)
+    out = {}
+    for group, users in view.groups().items():
+        result = evaluate(scorer, view.split, view.negatives, users, stage="test")
+        out[group] = {**result.metrics, "n": result.num_users}
+    return out

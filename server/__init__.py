@@ -1,0 +1,1 @@
+"""The crossrec ServerApp: orchestrates the federation's phases and writes the run folder."""

@@ -1,0 +1,206 @@
+"""The federation's phases, driven through a Flower Grid: setup, pre-training rounds over all silos
+with non-diluting aggregation of the shared tensors, then transfer (fine-tuning) on the target silo.
+
+Everything the run produces goes to its run folder as it happens: ``config.json``, ``rounds.jsonl``
+(one line per silo per round, and one summary line per round), then ``federated.json``,
+``shared_arrays.npz`` and ``status.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from client import records as R
+from crossrec_core.aggregation import SiloUpdate, aggregate
+from crossrec_core.config import RunConfig
+from crossrec_core.errors import CrossrecError
+from crossrec_core.reporting import code_version, write_json
+from crossrec_core.scenario import ALL, COLD
+from crossrec_core.silo import initial_shared
+
+logger = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+ROUNDS_FILE = "rounds.jsonl"
+RESULT_FILE = "federated.json"
+ARRAYS_FILE = "shared_arrays.npz"
+
+
+class FederationError(CrossrecError):
+    """The federation cannot go on (too few silos answered, no target silo, ...)."""
+
+
+class Federation:
+    def __init__(self, grid: Grid, config: RunConfig, run_dir: Path) -> None:
+        self.grid, self.config, self.run_dir = grid, config, run_dir
+        self.silos: dict[int, dict[str, Any]] = {}  # node id -> what the silo said at setup
+        self.epsilon: dict[str, list[float]] = {}  # silo -> ε after each of its training calls
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / ROUNDS_FILE, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+
+    def _send(self, contents: dict[int, RecordDict], message_type: str, group: str) -> dict[int, Message]:
+        messages = [Message(c, dst_node_id=n, message_type=message_type, group_id=group) for n, c in contents.items()]
+        replies = self.grid.send_and_receive(messages, timeout=self.config.round_timeout)
+        return {r.metadata.src_node_id: r for r in replies}
+
+    def _wait_for_nodes(self, timeout: float = 300.0) -> list[int]:
+        expected = len(self.config.node_silos)
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = sorted(self.grid.get_node_ids())
+            if len(nodes) >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        if len(nodes) < self.config.min_silos:
+            raise FederationError(f"only {len(nodes)} node(s) connected; min-silos is {self.config.min_silos}")
+        if len(nodes) < expected:
+            logger.warning("%d of %d expected nodes connected; going on", len(nodes), expected)
+        return nodes
+
+    # ---- phases ---------------------------------------------------------------------------
+    def setup(self, nodes: list[int]) -> None:
+        contents = {n: RecordDict({R.INSTRUCTION: ConfigRecord({"phase": R.PHASE_SETUP})}) for n in nodes}
+        replies = self._send(contents, MessageType.QUERY, "setup")
+        for node in nodes:
+            reply = replies.get(node)
+            if reply is None or reply.has_error():
+                reason = "no reply" if reply is None else reply.error.reason
+                logger.warning("node %s failed setup: %s", node, reason)
+                self._log({"phase": "setup", "node": node, "status": "failed", "reason": reason})
+                continue
+            info = dict(reply.content[R.SILO])
+            info["plan"] = json.loads(str(info.get("plan", "{}")))
+            self.silos[node] = info
+            self._log({"phase": "setup", "node": node, "status": "ok", **info})
+        names = [s["name"] for s in self.silos.values()]
+        if len(set(names)) != len(names):
+            raise FederationError(f"two nodes claim the same silo: {sorted(names)}")
+        if len(self.silos) < self.config.min_silos:
+            raise FederationError(f"only {len(self.silos)} silo(s) answered setup; min-silos is {self.config.min_silos}")
+
+    def train_round(self, global_state: dict[str, np.ndarray], round_number: int, phase: str,
+                    nodes: Iterable[int], epochs: float) -> tuple[dict[int, Message], dict[str, Any]]:
+        start = time.perf_counter()
+        shared = R.to_array_record(global_state)
+        bytes_down = sum(v.nbytes for v in global_state.values())
+        instruction = ConfigRecord({"phase": phase, "round": round_number, "epochs": float(epochs)})
+        contents = {n: RecordDict({R.SHARED: shared, R.INSTRUCTION: instruction}) for n in nodes}
+        replies = self._send(contents, MessageType.TRAIN, f"{phase}-{round_number}")
+        ok: dict[int, Message] = {}
+        summary: dict[str, Any] = {"round": round_number, "phase": phase, "failed": [], "refused": []}
+        for node in contents:
+            name = self.silos[node]["name"]
+            reply = replies.get(node)
+            if reply is None or reply.has_error():
+                reason = "no reply before round-timeout" if reply is None else reply.error.reason
+                logger.warning("round %d: silo %s failed: %s", round_number, name, reason)
+                summary["failed"].append(name)
+                self._log({"round": round_number, "phase": phase, "silo": name, "status": "failed", "reason": reason})
+                continue
+            silo = reply.content[R.SILO]
+            if str(silo["status"]) == R.STATUS_REFUSED:
+                summary["refused"].append(name)
+                self._log({"round": round_number, "phase": phase, "silo": name, "status": "refused", "reason": str(silo["reason"])})
+                continue
+            metrics = dict(reply.content[R.METRICS])
+            update = R.from_array_record(reply.content[R.UPDATE])
+            bytes_up = sum(v.nbytes for v in update.values())
+            self.epsilon.setdefault(name, []).append(float(metrics.get("epsilon", 0.0)))
+            self._log({"round": round_number, "phase": phase, "silo": name, "status": "ok",
+                       "bytes_down": bytes_down, "bytes_up": bytes_up, **metrics})
+            ok[node] = reply
+        summary.update(silos_ok=len(ok), seconds=round(time.perf_counter() - start, 3))
+        return ok, summary
+
+    def pretrain(self, nodes: list[int]) -> dict[str, np.ndarray]:
+        global_state = initial_shared(self.config)
+        for r in range(1, self.config.num_server_rounds + 1):
+            ok, summary = self.train_round(global_state, r, R.PHASE_PRETRAIN, nodes, self.config.local_epochs)
+            if len(ok) < self.config.min_silos:
+                self._log(summary)
+                raise FederationError(
+                    f"round {r}: {len(ok)} silo(s) answered (failed: {summary['failed']}, refused: "
+                    f"{summary['refused']}); min-silos is {self.config.min_silos}"
+                )
+            start = time.perf_counter()
+            updates = []
+            for reply in ok.values():
+                arrays = R.from_array_record(reply.content[R.UPDATE])
+                deltas = {k: arrays[k] for k in global_state}
+                rows = {k: arrays[k + R.ROWS_SUFFIX] for k in global_state}
+                updates.append(SiloUpdate(deltas, rows, int(reply.content[R.METRICS]["num-examples"])))
+            global_state = aggregate(global_state, updates, rule=self.config.aggregation)
+            summary["aggregate_seconds"] = round(time.perf_counter() - start, 3)
+            local = [float(reply.content[R.METRICS]["round-seconds"]) for reply in ok.values()]
+            summary["slowest_silo_seconds"] = round(max(local), 3)
+            self._log(summary)
+            logger.info("round %d: %d silo(s), %.1f s", r, len(ok), summary["seconds"])
+        return global_state
+
+    def transfer(self, global_state: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+        targets = [n for n, s in self.silos.items() if s["category"] == self.config.target]
+        if not targets:
+            raise FederationError(f"no node of the target silo {self.config.target!r} took part")
+        if self.config.finetune_epochs > 0:
+            ok, summary = self.train_round(global_state, 1, R.PHASE_FINETUNE, targets, self.config.finetune_epochs)
+            self._log(summary)
+        else:
+            contents = {n: RecordDict({R.SHARED: R.to_array_record(global_state)}) for n in targets}
+            ok = {n: m for n, m in self._send(contents, MessageType.EVALUATE, "evaluate").items() if not m.has_error()}
+        if not ok:
+            raise FederationError("no target silo returned test metrics")
+        return combine_test_metrics([dict(m.content[R.TEST]) for m in ok.values()])
+
+    def run(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        write_json(self.run_dir / STATUS_FILE, {"status": "running"})
+        write_json(self.run_dir / "config.json", {"run_config": self.config.to_run_config(), "code_version": code_version()})
+        try:
+            nodes = self._wait_for_nodes()
+            self.setup(nodes)
+            global_state = self.pretrain(sorted(self.silos))
+            test = self.transfer(global_state)
+            np.savez_compressed(self.run_dir / ARRAYS_FILE, **global_state)
+            result = {
+                "dp": self.config.dp,
+                "target": self.config.target,
+                "test": test,
+                "epsilon_by_silo": {name: eps[-1] for name, eps in sorted(self.epsilon.items())},
+                "epsilon_history": self.epsilon,
+                "plans": {s["name"]: s["plan"] for s in self.silos.values()},
+                "wall_seconds": round(time.perf_counter() - start, 2),
+            }
+            write_json(self.run_dir / RESULT_FILE, result)
+            write_json(self.run_dir / STATUS_FILE, {"status": "completed", "wall_seconds": result["wall_seconds"]})
+            return result
+        except Exception as exc:
+            write_json(self.run_dir / STATUS_FILE, {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"})
+            raise
+
+
+def combine_test_metrics(parts: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Merge per-merchant test metrics into the category's: means weighted by each group's size."""
+    out: dict[str, dict[str, float]] = {}
+    for group in (COLD, ALL):
+        sizes = [p.get(f"{group}/n", 0) for p in parts]
+        total = sum(sizes)
+        metrics = {}
+        if total:
+            keys = [k.split("/", 1)[1] for k in parts[0] if k.startswith(f"{group}/") and not k.endswith("/n")]
+            for key in keys:
+                metrics[key] = sum(p[f"{group}/{key}"] * n for p, n in zip(parts, sizes) if n) / total
+        out[group] = {**metrics, "n": total}
+    return out

@@ -1,0 +1,262 @@
+"""The main job: the federation on the bundled data, as Flower simulation runs, with the baselines.
+
+    python -m server.simulate [-c key=value ...] [--experiment simulations/quick.toml]
+
+Runs, into one run folder (``runs/run-<time>/``): the centralized baselines (popularity, target-only,
+pooled non-private) on the same splits and negatives; the federation without DP (``federated-nodp/``)
+and with DP (``federated-dp/``), each a real ``flwr run`` against a simulation SuperLink this command
+starts (runtime dependency installation disabled) and stops by PID. Then it writes and prints the
+comparison table. Exits non-zero when any run failed (``flwr run`` itself exits 0 on failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from crossrec_core.baselines import run_baselines
+from crossrec_core.config import PROJECT_ROOT, RunConfig, load_config, parse_override
+from crossrec_core.errors import ConfigError, CrossrecError
+from crossrec_core.reporting import code_version, comparison_markdown, new_run_dir, write_atomic, write_json
+from crossrec_core.scenario import build_scenario, resolve_data_dir
+from server.federation import RESULT_FILE, ROUNDS_FILE, STATUS_FILE
+
+logger = logging.getLogger("crossrec")
+
+CONNECTION = "crossrec-sim"
+VARIANTS = {"nodp": False, "dp": True}
+
+
+class SimulationError(CrossrecError):
+    """A Flower run failed or did not finish."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+class SimulationLink:
+    """A simulation SuperLink started as our child (own process group) and stopped by its PID."""
+
+    def __init__(self, workdir: Path, log: Path) -> None:
+        self.port = _free_port()
+        self.home = workdir / "flwr-home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
+        )
+        self.log = log
+        self.env = {
+            **os.environ,
+            # the SuperLink starts Flower's other executables (flower-superexec, ...) by name
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            "FLWR_HOME": str(self.home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "SimulationLink":
+        cmd = [
+            _bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+            "--host", "127.0.0.1", "--port", str(self.port), "--database", str(self.home / "state.db"),
+            "--disable-runtime-dependency-installation",
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SimulationError(f"flower-superlink exited with code {self.proc.returncode}; see {self.log}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise SimulationError(f"flower-superlink did not listen on port {self.port} within 60 s; see {self.log}")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Terminate the SuperLink's process group (it started the ServerApp and simulation)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        pgid = self.proc.pid  # start_new_session: the group id is the SuperLink's PID
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # children that outlived the SuperLink in its group
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def run(self, overrides: dict[str, Any], num_nodes: int, run_dir: Path, stream_to: Path) -> dict[str, Any]:
+        """``flwr run`` this project with the overrides; wait for the run folder's final status."""
+        pairs = " ".join(f"{k}={_toml(v)}" for k, v in overrides.items())
+        cmd = [
+            _bin("flwr"), "run", str(PROJECT_ROOT), CONNECTION,
+            "--federation-config", f"num-supernodes={num_nodes} client-resources-num-cpus=1",
+            "--run-config", pairs, "--stream",
+        ]
+        with open(stream_to, "ab") as out:
+            done = subprocess.run(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+        status_path = run_dir / STATUS_FILE
+        status = json.loads(status_path.read_text()) if status_path.exists() else {"status": "missing"}
+        if status.get("status") != "completed":
+            raise SimulationError(
+                f"federated run {run_dir.name} did not complete (flwr run exit {done.returncode}, status "
+                f"{status.get('status')}: {status.get('reason', 'no reason recorded')}); see {stream_to}"
+            )
+        return json.loads((run_dir / RESULT_FILE).read_text())
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string
+
+
+def read_experiment(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as fh:
+            return dict(tomllib.load(fh))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read experiment file {path}:", [str(exc)]) from None
+
+
+def federated_rows(result: dict[str, Any], method: str) -> list[dict[str, Any]]:
+    target_eps = result["epsilon_by_silo"]
+    eps = max((v for k, v in target_eps.items()), default=None) if result["dp"] else None
+    rows = []
+    for group, metrics in result["test"].items():
+        metrics = dict(metrics)
+        n = int(metrics.pop("n"))
+        rows.append({"method": method, "group": group, "num_users": n, "metrics": metrics, "epsilon": eps})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server.simulate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-c", "--run-config", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a run_config key (repeatable)")
+    parser.add_argument("--experiment", help="a TOML file of run_config overrides (see simulations/)")
+    parser.add_argument("--variants", default="nodp,dp", help="federated runs to do: nodp, dp or both")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the centralized baselines")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    start = time.perf_counter()
+    try:
+        overrides = read_experiment(args.experiment)
+        overrides.update(dict(parse_override(o) for o in args.run_config))
+        config = resolve_data_dir(load_config(overrides), PROJECT_ROOT)
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = set(variants) - set(VARIANTS)
+        if unknown or not variants:
+            raise ConfigError("bad --variants:", [f"{sorted(unknown) or 'none'}: choose from {sorted(VARIANTS)}"])
+        scenario = build_scenario(config)  # validates every silo file before any run starts
+        output = Path(config.output_dir)
+        top = new_run_dir(output if output.is_absolute() else PROJECT_ROOT / output, "run")
+        logger.info("run folder: %s", top)
+        write_json(top / "config.json", {"run_config": config.to_run_config(), "code_version": code_version(),
+                                         "experiment": args.experiment, "variants": variants})
+        rows: list[dict[str, Any]] = []
+        details: dict[str, Any] = {}
+        if not args.no_baselines:
+            logger.info("centralized baselines ...")
+            base_rows, details = run_baselines(config, scenario=scenario, progress=not args.quiet)
+            rows.extend(r for r in base_rows if r["method"] != "pooled")
+            pooled = [r for r in base_rows if r["method"] == "pooled"]
+        else:
+            pooled = []
+        results: dict[str, Any] = {}
+        failures: list[str] = []
+        with tempfile.TemporaryDirectory(prefix="crossrec-flwr-") as tmp, SimulationLink(Path(tmp), top / "superlink.log") as link:
+            for variant in variants:
+                run_dir = top / f"federated-{variant}"
+                run_dir.mkdir()
+                logger.info("federated run (%s) with %d silo nodes ...", variant, len(config.node_silos))
+                t0 = time.perf_counter()
+                run_overrides = {**overrides, "dp": VARIANTS[variant], "run-dir": str(run_dir), "data-dir": config.data_dir}
+                try:
+                    results[variant] = link.run(run_overrides, len(config.node_silos), run_dir, top / f"flwr-{variant}.log")
+                except SimulationError as exc:
+                    failures.append(str(exc))
+                    logger.error("%s", exc)
+                    continue
+                logger.info("federated run (%s) done in %.1f s", variant, time.perf_counter() - t0)
+                label = "federated (DP)" if VARIANTS[variant] else "federated (no DP)"
+                rows.extend(federated_rows(results[variant], label))
+        rows.extend(pooled)
+        seconds = time.perf_counter() - start
+        markdown = write_comparison(top, config, scenario, rows, results, details, seconds)
+    except CrossrecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown)
+    print(f"wall time: {seconds:.1f} s")
+    print(f"run folder: {top}")
+    if failures:
+        print("FAILED: " + "; ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_comparison(top: Path, config: RunConfig, scenario, rows, results, details, seconds) -> str:
+    notes = [
+        f"target silo: {config.target}; {int(scenario.target.cold.sum())} cold-start shoppers of "
+        f"{scenario.target.num_users}; {len(config.node_silos)} silo node(s), {config.num_server_rounds} rounds, "
+        f"aggregation {config.aggregation}",
+        "sampled metrics: test item vs the same 99 seeded negatives for every method; full: vs the target "
+        "catalogue minus the shopper's training and validation items",
+        "ε column: the largest ε spent by any silo (δ = %g); per-silo figures below" % config.delta,
+        scenario.collisions["shoppers"].describe("shopper keying"),
+    ]
+    for variant, result in results.items():
+        if result["dp"]:
+            spent = ", ".join(f"{k} {v:.3f}" for k, v in result["epsilon_by_silo"].items())
+            notes.append(f"ε spent per silo ({variant}): {spent} (budget {config.epsilon_budget} each)")
+    markdown = comparison_markdown(rows, title=f"crossrec on target {config.target}", notes=notes)
+    write_json(top / "comparison.json", {"rows": rows, "baselines": details, "federated": results,
+                                         "wall_seconds": round(seconds, 2)})
+    write_atomic(top / "comparison.md", markdown)
+    return markdown
+
+
+if __name__ == "__main__":
+    sys.exit(main())
