@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -19,7 +20,7 @@ from crossrec_core.config import RunConfig
 from crossrec_core.errors import PrivacyError
 from crossrec_core.scenario import resolve_data_dir
 from crossrec_core.config import PROJECT_ROOT
-from crossrec_core.silo import evaluate_test, load_view, plan_privacy, train_round
+from crossrec_core.silo import evaluate_test, load_view, plan_privacy, save_silo_model, train_round
 
 logger = logging.getLogger(__name__)
 app = ClientApp()
@@ -84,12 +85,28 @@ def train(msg: Message, context: Context) -> Message:
         R.METRICS: R.to_metric_record(result.metrics),
         R.SILO: R.to_json_config(name=view.name, status=R.STATUS_OK, accountant=result.accountant_state or {}),
     })
+    if bool(instruction.get("final", False)):
+        _save_model(context, view, shared, result)
     if str(instruction["phase"]) == R.PHASE_FINETUNE:
         # The fine-tuned model is the silo's final one: its test metrics go back with the update.
         merged = {k: shared[k] + result.deltas[k] for k in shared}
         test = evaluate_test(view, merged, result.private)
         content[R.TEST] = R.to_metric_record({f"{g}/{k}": v for g, m in test.items() for k, v in m.items()})
     return Message(content, reply_to=msg)
+
+
+def _save_model(context: Context, view, shared, result) -> None:
+    """Keep the silo's final model (its shared tables after local training + private parts) on the
+    silo's side: ``node_config["state-dir"]``, or ``<run-dir>/silos/<silo>/`` in simulation."""
+    if "state-dir" in context.node_config:
+        folder = Path(str(context.node_config["state-dir"]))
+    elif view.config.run_dir:
+        folder = Path(view.config.run_dir) / "silos" / view.name
+    else:
+        return
+    state = {k: shared[k] + result.deltas[k] for k in shared}
+    state.update(result.private)
+    save_silo_model(folder, view.name, state)
 
 
 @app.evaluate()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -307,3 +309,16 @@ def evaluate_test(
         result = evaluate(scorer, view.split, view.negatives, users, stage="test")
         out[group] = {**result.metrics, "n": result.num_users}
     return out
+
+
+MODEL_FILE = "model.npz"
+
+
+def save_silo_model(folder: Path, silo: str, state: dict[str, np.ndarray]) -> Path:
+    """Write a silo's full model state atomically (temporary file, then rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / MODEL_FILE
+    tmp = folder / f".{MODEL_FILE}.{silo}.tmp.npz"
+    np.savez_compressed(tmp, **state)
+    os.replace(tmp, path)
+    return path

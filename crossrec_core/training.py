@@ -355,26 +355,28 @@ def _train_dp(model, data, criterion, optimizer, settings, epochs, dp, state_in,
     metrics: list[dict[str, float]] = []
     start = time.perf_counter()
     try:
-        while steps < total_steps:
-            for index in dp_loader:
-                if steps >= total_steps:
-                    break
-                steps += 1
-                if len(index) == 0:
-                    # Probability exp(-expected batch); the accountant still counts this step.
-                    engine.accountant.step(noise_multiplier=dp.noise_multiplier, sample_rate=sample_rate)
-                    empty += 1
-                    continue
-                user_rows, item_rows, weight = _step_inputs(data, index, settings, gen)
-                loss = dp_criterion(dp_model(user_rows, item_rows, data.silo), weight)
-                dp_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                dp_optimizer.step()
-                interactions += int((weight > 0).sum())
-                loss_sum += float(loss.item())
-                _check_loss(float(loss.item()), steps)
-                if steps % n_per_epoch == 0:
-                    metrics.append(_end_epoch(steps // n_per_epoch - 1, steps, loss_sum, start, on_epoch_end, progress))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus, harmless here
+            while steps < total_steps:
+                for index in dp_loader:
+                    if steps >= total_steps:
+                        break
+                    steps += 1
+                    if len(index) == 0:
+                        # Probability exp(-expected batch); the accountant still counts this step.
+                        engine.accountant.step(noise_multiplier=dp.noise_multiplier, sample_rate=sample_rate)
+                        empty += 1
+                        continue
+                    user_rows, item_rows, weight = _step_inputs(data, index, settings, gen)
+                    loss = dp_criterion(dp_model(user_rows, item_rows, data.silo), weight)
+                    dp_optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    dp_optimizer.step()
+                    interactions += int((weight > 0).sum())
+                    loss_sum += float(loss.item())
+                    _check_loss(float(loss.item()), steps)
+                    if steps % n_per_epoch == 0:
+                        metrics.append(_end_epoch(steps // n_per_epoch - 1, steps, loss_sum, start, on_epoch_end, progress))
     finally:
         _detach(dp_model)
     if empty:

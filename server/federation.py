@@ -92,11 +92,11 @@ class Federation:
             raise FederationError(f"only {len(self.silos)} silo(s) answered setup; min-silos is {self.config.min_silos}")
 
     def train_round(self, global_state: dict[str, np.ndarray], round_number: int, phase: str,
-                    nodes: Iterable[int], epochs: float) -> tuple[dict[int, Message], dict[str, Any]]:
+                    nodes: Iterable[int], epochs: float, final: bool) -> tuple[dict[int, Message], dict[str, Any]]:
         start = time.perf_counter()
         shared = R.to_array_record(global_state)
         bytes_down = sum(v.nbytes for v in global_state.values())
-        instruction = ConfigRecord({"phase": phase, "round": round_number, "epochs": float(epochs)})
+        instruction = ConfigRecord({"phase": phase, "round": round_number, "epochs": float(epochs), "final": final})
         contents = {n: RecordDict({R.SHARED: shared, R.INSTRUCTION: instruction}) for n in nodes}
         replies = self._send(contents, MessageType.TRAIN, f"{phase}-{round_number}")
         ok: dict[int, Message] = {}
@@ -128,7 +128,8 @@ class Federation:
     def pretrain(self, nodes: list[int]) -> dict[str, np.ndarray]:
         global_state = initial_shared(self.config)
         for r in range(1, self.config.num_server_rounds + 1):
-            ok, summary = self.train_round(global_state, r, R.PHASE_PRETRAIN, nodes, self.config.local_epochs)
+            last = r == self.config.num_server_rounds
+            ok, summary = self.train_round(global_state, r, R.PHASE_PRETRAIN, nodes, self.config.local_epochs, last)
             if len(ok) < self.config.min_silos:
                 self._log(summary)
                 raise FederationError(
@@ -155,7 +156,7 @@ class Federation:
         if not targets:
             raise FederationError(f"no node of the target silo {self.config.target!r} took part")
         if self.config.finetune_epochs > 0:
-            ok, summary = self.train_round(global_state, 1, R.PHASE_FINETUNE, targets, self.config.finetune_epochs)
+            ok, summary = self.train_round(global_state, 1, R.PHASE_FINETUNE, targets, self.config.finetune_epochs, True)
             self._log(summary)
         else:
             contents = {n: RecordDict({R.SHARED: R.to_array_record(global_state)}) for n in targets}

@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--run-config", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run_config key (repeatable)")
     parser.add_argument("--experiment", help="a TOML file of run_config overrides (see simulations/)")
-    parser.add_argument("--variants", default="nodp,dp", help="federated runs to do: nodp, dp or both")
+    parser.add_argument("--variants", default=None,
+                        help="federated runs to do: nodp, dp or both (default: both, or nodp when dp=false)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the centralized baselines")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = read_experiment(args.experiment)
         overrides.update(dict(parse_override(o) for o in args.run_config))
         config = resolve_data_dir(load_config(overrides), PROJECT_ROOT)
-        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        chosen = args.variants or ("nodp,dp" if config.dp else "nodp")
+        variants = [v.strip() for v in chosen.split(",") if v.strip()]
         unknown = set(variants) - set(VARIANTS)
         if unknown or not variants:
             raise ConfigError("bad --variants:", [f"{sorted(unknown) or 'none'}: choose from {sorted(VARIANTS)}"])

@@ -1,0 +1,84 @@
+"""Recommendations out: the top-k items of a silo's final model for one shopper.
+
+    python -m crossrec_core.recommend RUN_FOLDER --silo Toys --shopper u0123456789ab [-k 10]
+
+RUN_FOLDER is a federated run folder (``federated-dp/``) or the run folder above it (then the DP run
+is used if present). The silo's model is the one it kept on its side (``silos/<silo>/model.npz``).
+A shopper the silo has never seen still gets recommendations: their keyed rows in the shared shopper
+table carry what other silos learned about them (the cold-start case). Items the shopper already has
+in the silo's training data are not recommended again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crossrec_core.config import PROJECT_ROOT, RunConfig
+from crossrec_core.errors import CrossrecError
+from crossrec_core.keying import hash_ids
+from crossrec_core.scenario import resolve_data_dir
+from crossrec_core.silo import MODEL_FILE, load_view, new_model
+
+
+def find_run(folder: Path) -> Path:
+    """The federated run folder inside (or at) ``folder``."""
+    if (folder / "federated.json").exists():
+        return folder
+    for name in ("federated-dp", "federated-nodp"):
+        if (folder / name / "federated.json").exists():
+            return folder / name
+    raise CrossrecError(f"{folder}: not a completed federated run folder (no federated.json)")
+
+
+def recommend(run: Path, silo: str, shopper: str, k: int = 10) -> list[tuple[str, float]]:
+    """The ``k`` best items (id, score) of ``silo``'s final model for ``shopper``."""
+    if k < 1:
+        raise CrossrecError(f"k must be >= 1, got {k}")
+    run = find_run(run)
+    config = RunConfig.from_mapping(json.loads((run / "config.json").read_text())["run_config"])
+    config = resolve_data_dir(config, PROJECT_ROOT)
+    model_path = run / "silos" / silo / MODEL_FILE
+    if not model_path.exists():
+        known = sorted(p.name for p in (run / "silos").glob("*")) if (run / "silos").exists() else []
+        raise CrossrecError(f"no model of silo {silo!r} in {run} (silos with a model: {', '.join(known) or 'none'})")
+    view = load_view(config, silo)
+    model = new_model(config, [silo], sparse=False)
+    with np.load(model_path) as arrays:
+        model.load_state_dict({name: torch.from_numpy(arrays[name]) for name in arrays.files})
+    user_rows = hash_ids([shopper], key=config.federation_key, table_size=config.shopper_table_size, namespace="shopper")
+    items, bias = model.item_vectors(torch.from_numpy(view.catalogue_rows), silo)
+    scores = (model.user_vectors(torch.from_numpy(user_rows), silo) @ items.T + bias).numpy()[0]
+    position = np.searchsorted(view.split.user_ids, shopper)
+    if position < view.split.num_users and view.split.user_ids[position] == shopper:
+        seen = view.split.train_item[view.split.train_user == position]
+        scores[seen] = -np.inf
+    top = np.argsort(-scores, kind="stable")[:k]
+    return [(str(view.split.item_ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m crossrec_core.recommend", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_folder", type=Path)
+    parser.add_argument("--silo", required=True, help="the silo serving the recommendations, e.g. Toys")
+    parser.add_argument("--shopper", required=True, help="the shopper's user_id as in the silo's data")
+    parser.add_argument("-k", type=int, default=10)
+    args = parser.parse_args(argv)
+    try:
+        items = recommend(args.run_folder, args.silo, args.shopper, args.k)
+    except (CrossrecError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for rank, (item, score) in enumerate(items, 1):
+        print(f"{rank:3d}  {item}  {score:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

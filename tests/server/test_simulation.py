@@ -1,0 +1,54 @@
+"""End to end: the real Flower simulation (SuperLink + simulated SuperNodes) on a slice of the data."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from server import simulate
+
+
+@pytest.mark.slow
+def test_two_silos_two_rounds_without_and_with_dp(data_slice, tmp_path, monkeypatch, capsys):
+    links = []
+    original_enter = simulate.SimulationLink.__enter__
+
+    def spy_enter(self):
+        links.append(self)
+        return original_enter(self)
+
+    monkeypatch.setattr(simulate.SimulationLink, "__enter__", spy_enter)
+    overrides = {
+        "data-dir": f'"{data_slice}"', "silos": '"Beauty,Toys"', "num-server-rounds": 2, "epochs": 1,
+        "shopper-table-size": 8192, "item-table-size": 8192, "embedding-dim": 8, "output-dir": f'"{tmp_path}"',
+    }
+    args = [a for k, v in overrides.items() for a in ("-c", f"{k}={v}")] + ["--quiet"]
+
+    assert simulate.main(args) == 0
+
+    out = capsys.readouterr().out
+    assert "| federated (DP) | cold-start |" in out and "| federated (no DP) | all |" in out
+    top = next(tmp_path.glob("run-*"))
+    assert {p.name for p in top.iterdir()} >= {"config.json", "comparison.md", "comparison.json", "federated-dp", "federated-nodp"}
+    for variant in ("nodp", "dp"):
+        run = top / f"federated-{variant}"
+        assert json.loads((run / "status.json").read_text())["status"] == "completed"
+        lines = [json.loads(l) for l in (run / "rounds.jsonl").read_text().splitlines()]
+        per_silo = [l for l in lines if l.get("phase") == "pretrain" and "silo" in l]
+        assert sorted((l["round"], l["silo"]) for l in per_silo) == [(1, "Beauty"), (1, "Toys"), (2, "Beauty"), (2, "Toys")]
+        assert all(l["status"] == "ok" and l["bytes_up"] > 0 for l in per_silo)
+        arrays = np.load(run / "shared_arrays.npz")
+        assert sorted(arrays.files) == ["item_table.weight", "shopper_table.weight"]
+        assert arrays["shopper_table.weight"].shape == (8192, 8)
+    result = json.loads((top / "federated-dp" / "federated.json").read_text())
+    history = result["epsilon_history"]
+    assert history["Beauty"][0] < history["Beauty"][1] <= 8.0  # ε grew every round
+    assert history["Toys"][0] < history["Toys"][1] < history["Toys"][2] <= 8.0  # + fine-tuning
+    assert result["epsilon_by_silo"]["Toys"] == pytest.approx(8.0, abs=0.05)
+    comparison = json.loads((top / "comparison.json").read_text())
+    assert {r["method"] for r in comparison["rows"]} == {"popularity", "target-only", "pooled", "federated (no DP)", "federated (DP)"}
+    # everything started was stopped: the SuperLink's process group is gone
+    assert links and links[0].proc.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(links[0].proc.pid, 0)
