@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
+from crossrec_core.silo import FINETUNE, PRETRAIN
+
 # Record names in message content.
 SHARED = "shared"  # ArrayRecord, server -> silo: the global shared tensors
 UPDATE = "update"  # ArrayRecord, silo -> server: deltas of the shared tensors and their row masks
@@ -23,8 +25,8 @@ STATE_PRIVACY = "privacy"
 ROWS_SUFFIX = ".rows"
 
 PHASE_SETUP = "setup"
-PHASE_PRETRAIN = "pretrain"
-PHASE_FINETUNE = "finetune"
+PHASE_PRETRAIN = PRETRAIN
+PHASE_FINETUNE = FINETUNE
 
 STATUS_OK = "ok"
 STATUS_REFUSED = "refused"

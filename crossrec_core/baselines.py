@@ -123,6 +123,7 @@ def run_baselines(
         else:
             silos = [target] if method == "target-only" else list(config.silo_names)
             model = new_model(config, silos, sparse=True)
+            model.train_heads(config.head == "always")
             info = fit_selected(model, scenario, silos, progress=progress)
             scorer = model_scorer(model, scenario, target)
         rows.extend(evaluate_groups(scorer, scenario, method, epsilon=None))

@@ -21,6 +21,7 @@ PYPROJECT = PROJECT_ROOT / "pyproject.toml"
 
 LOSSES = ("bpr", "bce")
 AGGREGATIONS = ("row-mean", "sum", "fedavg")
+HEAD_MODES = ("finetune", "always", "never")
 ACCOUNTANTS = ("rdp", "prv")
 
 
@@ -55,6 +56,7 @@ class RunConfig:
     shopper_table_size: int = _key("shopper-table-size", int, _positive)
     item_table_size: int = _key("item-table-size", int, _positive)
     embedding_dim: int = _key("embedding-dim", int, _positive)
+    head: str = _key("head", str, _check(lambda v: v in HEAD_MODES, f"must be one of {HEAD_MODES}"))
     max_interactions_per_shopper: int = _key("max-interactions-per-shopper", int, _positive)
     event_weights: str = _key("event-weights", str)
     eval_negatives: int = _key("eval-negatives", int, _positive)

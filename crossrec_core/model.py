@@ -68,6 +68,12 @@ class CrossRecModel(nn.Module):
             nn.init.zeros_(bias.weight)
             self.item_bias[silo] = bias
 
+    def train_heads(self, trainable: bool) -> None:
+        """Freeze the silo heads at their current value (e.g. the identity during pre-training, so
+        every silo reads shoppers in one common space) or let them train (e.g. in fine-tuning)."""
+        for head in self.heads.values():
+            head.requires_grad_(trainable)
+
     @property
     def silos(self) -> tuple[str, ...]:
         return tuple(self.heads.keys())

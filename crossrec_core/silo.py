@@ -37,6 +37,8 @@ from crossrec_core.training import (
 
 logger = logging.getLogger(__name__)
 
+PRETRAIN = "pretrain"  # phases of a federated run
+FINETUNE = "finetune"
 SHOPPER_TABLE = "shopper_table.weight"
 ITEM_TABLE = "item_table.weight"
 
@@ -247,6 +249,7 @@ def train_round(
     data = view.shopper_data()
     start = time.perf_counter()
     model = _model_for(view, shared, private)
+    model.train_heads(config.head == "always" or (config.head == "finetune" and phase == FINETUNE))
     dp = None
     if config.dp:
         plan = plan_privacy(view)

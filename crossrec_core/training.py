@@ -266,12 +266,17 @@ class _Optimizers:
 
 
 def _optimizer(model: nn.Module, lr: float):
-    sparse = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+    sparse = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse and m.weight.requires_grad]
     ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    if not sparse:
-        return torch.optim.Adam(dense, lr=lr)
-    return _Optimizers([torch.optim.Adam(dense, lr=lr), torch.optim.SparseAdam(sparse, lr=lr)])
+    parts = []
+    if dense:
+        parts.append(torch.optim.Adam(dense, lr=lr))
+    if sparse:
+        parts.append(torch.optim.SparseAdam(sparse, lr=lr))
+    if not parts:
+        raise TrainingError("the model has no trainable parameters")
+    return parts[0] if len(parts) == 1 and not sparse else _Optimizers(parts)
 
 
 def _step_inputs(data: ShopperData, index: torch.Tensor, settings: TrainSettings, gen: torch.Generator):

@@ -18,6 +18,7 @@ PYPROJECT_DEFAULTS = {
     "shopper-table-size": 131072,
     "item-table-size": 131072,
     "embedding-dim": 32,
+    "head": "finetune",
     "max-interactions-per-shopper": 20,
     "event-weights": "view=1.0,cart=2.0,purchase=4.0",
     "eval-negatives": 99,
@@ -61,7 +62,7 @@ def test_load_config_reads_pyproject_defaults():
     config = load_config()
     assert config.to_run_config() == load_defaults()
     assert config.target == "Toys" and config.dp is True
-    assert config.shopper_table_size == 131072 and config.delta == 1e-5
+    assert config.delta == 1e-5
     assert config.silo_names == ("Beauty", "Sports", "Clothing", "Toys")
     assert config.source_names == ("Beauty", "Sports", "Clothing")
     assert config.event_weight_map == {"view": 1.0, "cart": 2.0, "purchase": 4.0}

@@ -52,3 +52,22 @@ def test_two_silos_two_rounds_without_and_with_dp(data_slice, tmp_path, monkeypa
     assert links and links[0].proc.poll() is not None
     with pytest.raises(ProcessLookupError):
         os.killpg(links[0].proc.pid, 0)
+
+    # recommendations from the run: the target's own model, never an item the shopper trained on
+    from crossrec_core.config import load_config
+    from crossrec_core.errors import CrossrecError
+    from crossrec_core.recommend import recommend
+    from crossrec_core.silo import load_view
+
+    view = load_view(load_config({k: v for k, v in json.loads((top / "federated-dp" / "config.json").read_text())["run_config"].items()}), "Toys")
+    shopper_index = int(view.split.train_user[0])
+    shopper = str(view.split.user_ids[shopper_index])
+    items = recommend(top, "Toys", shopper, k=5)
+    assert len(items) == 5 and len({i for i, _ in items}) == 5
+    catalogue = set(view.split.item_ids.tolist())
+    trained = {str(view.split.item_ids[i]) for i in view.split.train_item[view.split.train_user == shopper_index]}
+    assert all(i in catalogue and i not in trained for i, _ in items)
+    assert [s for _, s in items] == sorted((s for _, s in items), reverse=True)
+    assert len(recommend(top, "Toys", "a-shopper-never-seen", k=3)) == 3
+    with pytest.raises(CrossrecError, match="no model of silo"):
+        recommend(top, "Garden", shopper)
