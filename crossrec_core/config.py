@@ -65,6 +65,7 @@ class RunConfig:
     learning_rate: float = _key("learning-rate", float, _positive)
     l2: float = _key("l2", float, _non_negative)
     batch_size: int = _key("batch-size", int, _positive)
+    dp_batch_size: int = _key("dp-batch-size", int, _positive)
     epochs: int = _key("epochs", int, _positive)
     dp: bool = _key("dp", bool)
     epsilon_budget: float = _key("epsilon-budget", float, _positive)

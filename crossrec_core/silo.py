@@ -131,12 +131,13 @@ def load_view(config: RunConfig, silo: str) -> SiloView:
     return SiloView(silo, category, split, negatives, user_rows, scenario.catalogue_rows[category], config)
 
 
-def train_settings(config: RunConfig) -> TrainSettings:
+def train_settings(config: RunConfig, *, dp: bool = False) -> TrainSettings:
+    """Optimisation settings; with DP the expected batch is ``dp-batch-size`` shoppers."""
     return TrainSettings(
         loss=config.loss,  # type: ignore[arg-type]
         l2=config.l2,
         learning_rate=config.learning_rate,
-        batch_size=config.batch_size,
+        batch_size=config.dp_batch_size if dp else config.batch_size,
         train_negatives=config.train_negatives,
         max_interactions=config.max_interactions_per_shopper,
     )
@@ -164,7 +165,7 @@ class PrivacyPlan:
 def plan_privacy(view: SiloView) -> PrivacyPlan:
     """Noise for all ``num-server-rounds`` x ``local-epochs`` (and, on the target, ``finetune-epochs``)."""
     config = view.config
-    per_epoch = steps_per_epoch(len(view.shopper_data()), config.batch_size)
+    per_epoch = steps_per_epoch(len(view.shopper_data()), config.dp_batch_size)
     per_round = max(1, round(config.local_epochs * per_epoch))
     finetune = round(config.finetune_epochs * per_epoch) if view.is_target else 0
     planned = config.num_server_rounds * per_round + finetune
@@ -262,7 +263,7 @@ def train_round(
         dp = DPSettings(plan.noise_multiplier, plan.max_grad_norm, plan.delta, plan.accountant)  # type: ignore[arg-type]
     seed = int(derive_rng(config.seed, view.name, phase, str(round_number)).integers(2**31))
     report = train(
-        model, data, settings=train_settings(config), epochs=epochs, seed=seed, dp=dp,
+        model, data, settings=train_settings(config, dp=config.dp), epochs=epochs, seed=seed, dp=dp,
         accountant_state_in=accountant_state, progress=False,
     )
     new_shared, new_private = split_state(model.state_dict())

@@ -49,6 +49,45 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _session_of(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[3]) if fields else None
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid in _all_pids():
+        fields = _stat(pid)
+        if fields:
+            children.setdefault(int(fields[1]), []).append(pid)
+    found, stack = set(), [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _bin(name: str) -> str:
     here = Path(sys.executable).parent / name
     return str(here) if here.exists() else (shutil.which(name) or name)
@@ -101,24 +140,29 @@ class SimulationLink:
         self.stop()
 
     def stop(self) -> None:
-        """Terminate the SuperLink's process group (it started the ServerApp and simulation)."""
-        if self.proc is None or self.proc.poll() is not None:
+        """Stop the SuperLink and everything it started, by PID.
+
+        The SuperLink's helpers start their own sessions (SuperExec, the simulation, Ray's workers),
+        so the process tree is read from /proc first; then every process of the tree, or of a session
+        the tree opened, gets SIGTERM, and SIGKILL if it is still there."""
+        if self.proc is None:
             return
-        pgid = self.proc.pid  # start_new_session: the group id is the SuperLink's PID
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # children that outlived the SuperLink in its group
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
+        tree = _descendants(self.proc.pid) | {self.proc.pid}
+        own_session = os.getsid(0)
+        sessions = {sid for sid in map(_session_of, tree) if sid is not None and sid != own_session}
+        for pid in tree:
+            _signal(pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
             pass
+        time.sleep(1.0)
+        leftovers = {p for p in _all_pids() if p in tree or _session_of(p) in sessions}
+        leftovers.discard(os.getpid())
+        for pid in leftovers:
+            _signal(pid, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=5)
 
     def run(self, overrides: dict[str, Any], num_nodes: int, run_dir: Path, stream_to: Path) -> dict[str, Any]:
         """``flwr run`` this project with the overrides; wait for the run folder's final status."""
@@ -169,6 +213,10 @@ def federated_rows(result: dict[str, Any], method: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.simulate", description=__doc__.split("\n\n")[0])
     parser.add_argument("-c", "--run-config", action="append", default=[], metavar="KEY=VALUE",
@@ -181,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    previous = signal.signal(signal.SIGTERM, _terminate)  # so the SuperLink is stopped on SIGTERM too
+    try:
+        return _main(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         overrides = read_experiment(args.experiment)
@@ -230,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     except CrossrecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; the SuperLink and its processes were stopped", file=sys.stderr)
+        return 130
     print(markdown)
     print(f"wall time: {seconds:.1f} s")
     print(f"run folder: {top}")

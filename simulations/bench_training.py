@@ -22,18 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def _run(mode: str, silo: str, epochs: float, queue) -> None:
     import torch
 
-    from crossrec_core.baselines import new_model, train_settings
+    from crossrec_core.silo import new_model, train_settings
     from crossrec_core.config import PROJECT_ROOT, load_config
     from crossrec_core.scenario import build_scenario, resolve_data_dir
     from crossrec_core.training import DPSettings, calibrate_noise, steps_per_epoch, train
 
-    config = resolve_data_dir(load_config({"target": silo, "silos": silo}), PROJECT_ROOT)
+    config = resolve_data_dir(load_config({"target": silo, "silos": silo, "min-silos": 1}), PROJECT_ROOT)
     scenario = build_scenario(config)
     data = scenario.shopper_data(silo)
-    settings = train_settings(config)
+    settings = train_settings(config, dp=(mode == "dp-large-batch"))
     model = new_model(config, [silo], sparse=(mode == "no-dp-sparse"))
     dp = None
-    if mode == "dp":
+    if mode.startswith("dp"):
         per_epoch = steps_per_epoch(len(data), settings.batch_size)
         sigma = calibrate_noise(epsilon=config.epsilon_budget, delta=config.delta, sample_rate=1 / per_epoch,
                                 steps=max(1, round(epochs * per_epoch)))
@@ -54,20 +54,22 @@ def main() -> None:
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     results = []
-    for mode in ("no-dp-sparse", "no-dp-dense", "dp"):
+    for mode in ("no-dp-sparse", "no-dp-dense", "dp", "dp-large-batch"):
         queue = ctx.Queue()
         proc = ctx.Process(target=_run, args=(mode, args.silo, args.epochs, queue))
         start = time.perf_counter()
         proc.start()
-        results.append(queue.get())
         proc.join()
+        if proc.exitcode != 0:
+            raise SystemExit(f"benchmark mode {mode} failed (exit {proc.exitcode})")
+        results.append(queue.get(timeout=10))
         results[-1]["process_seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(results, indent=2))
     by_mode = {r["mode"]: r for r in results}
-    print(f"\nsilo {args.silo}, {args.epochs} epoch(s), expected batch of shoppers from pyproject defaults")
-    print("| mode | interactions/s | peak RSS (GB) |\n|---|---|---|")
+    print(f"\nsilo {args.silo}, {args.epochs} epoch(s); batch-size for all but dp-large-batch (dp-batch-size)")
+    print("| mode | steps | interactions/s | peak RSS (GB) |\n|---|---|---|---|")
     for r in results:
-        print(f"| {r['mode']} | {r['interactions_per_s']:,} | {r['peak_rss_gb']} |")
+        print(f"| {r['mode']} | {r['steps']} | {r['interactions_per_s']:,} | {r['peak_rss_gb']} |")
     dp = by_mode["dp"]["interactions_per_s"]
     print(f"\nDP slowdown vs non-DP (same dense model): {by_mode['no-dp-dense']['interactions_per_s'] / dp:.2f}x; "
           f"vs non-DP with sparse tables: {by_mode['no-dp-sparse']['interactions_per_s'] / dp:.2f}x")
