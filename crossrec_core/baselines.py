@@ -107,8 +107,8 @@ def run_baselines(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(table rows, details per method) of the requested baselines on the target silo."""
     unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise CrossrecError(f"unknown baseline(s) {sorted(unknown)}; choose from {METHODS}")
+    if unknown or not methods or len(set(methods)) != len(methods):
+        raise CrossrecError(f"--methods must name each of {METHODS} at most once, and at least one; got {list(methods)}")
     torch.manual_seed(config.seed)  # only reached by code outside our explicit generators
     scenario = scenario or build_scenario(config)
     target = config.target
@@ -166,12 +166,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(dict(parse_override(o) for o in args.run_config))
         config = resolve_data_dir(config, PROJECT_ROOT)
+        output = Path(config.output_dir) if Path(config.output_dir).is_absolute() else PROJECT_ROOT / config.output_dir
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CrossrecError(f"cannot create output-dir {output}: {exc}") from None
         scenario = build_scenario(config)
         rows, details = run_baselines(
             config, methods=[m.strip() for m in args.methods.split(",") if m.strip()], scenario=scenario, progress=not args.quiet
         )
         seconds = time.perf_counter() - start
-        run_dir = new_run_dir(Path(config.output_dir) if Path(config.output_dir).is_absolute() else PROJECT_ROOT / config.output_dir, "baselines")
+        run_dir = new_run_dir(output, "baselines")
         markdown = write_baselines(run_dir, config, scenario, rows, details, seconds)
     except CrossrecError as exc:
         print(f"error: {exc}", file=sys.stderr)

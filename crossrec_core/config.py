@@ -8,6 +8,7 @@ types and out-of-range values with one error that names every offending key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,8 +33,13 @@ def _check(predicate: Callable[[Any], bool], expected: str) -> Callable[[Any], s
     return check
 
 
-_positive = _check(lambda v: v > 0, "must be > 0")
-_non_negative = _check(lambda v: v >= 0, "must be >= 0")
+def _finite(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    """``check``, after rejecting inf and nan (an infinite budget or step count is never meant)."""
+    return lambda v: check(v) if isinstance(v, int) or math.isfinite(v) else "must be a finite number"
+
+
+_positive = _finite(_check(lambda v: v > 0, "must be > 0"))
+_non_negative = _finite(_check(lambda v: v >= 0, "must be >= 0"))
 _fraction = _check(lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
 _open_fraction = _check(lambda v: 0.0 < v < 1.0, "must be strictly between 0 and 1")
 _non_empty = _check(lambda v: bool(str(v).strip()), "must not be empty")

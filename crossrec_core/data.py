@@ -61,9 +61,12 @@ class SiloData:
 def silo_path(data_dir: str | Path, name: str) -> Path:
     """The file of silo ``name`` in ``data_dir``: the first of ``name + suffix`` that exists."""
     base = Path(data_dir)
+    if not base.is_dir():
+        what = "is not a folder" if base.exists() else "does not exist"
+        raise DataValidationError(f"data folder {base} {what}", [f"'data-dir' = {str(data_dir)!r}: {what}"])
     for suffix in (".csv.gz", ".csv", ".parquet", ".pq"):
         candidate = base / f"{name}{suffix}"
-        if candidate.exists():
+        if candidate.exists() or candidate.is_symlink():  # a broken link is reported by load_silo
             return candidate
     raise DataValidationError(
         f"no data file for silo {name!r} in {base}",
@@ -96,9 +99,13 @@ def _stem(path: Path) -> str:
 def _read_table(path: Path) -> tuple[list[str], dict[str, list], str]:
     """(header, column -> values, "line"|"row"); raises DataValidationError for unreadable files."""
     if not path.exists():
+        if path.is_symlink():
+            raise DataValidationError(f"{path}: broken symbolic link", [f"{path} points to a missing file"])
         raise DataValidationError(f"{path}: file not found", [f"{path} does not exist"])
     if path.is_dir():
         raise DataValidationError(f"{path}: is a folder, not a data file", [str(path)])
+    if not path.is_file():  # a FIFO, socket or device would block or make no sense
+        raise DataValidationError(f"{path}: not a regular file", [f"{path} is a pipe, socket or device"])
     lower = path.name.lower()
     if lower.endswith((".parquet", ".pq")):
         return _read_parquet(path)
@@ -126,6 +133,12 @@ def _read_csv(path: Path) -> tuple[list[str], dict[str, list], str]:
     except csv.Error as exc:
         raise DataValidationError(f"{path}: not valid CSV", [f"line 1: {exc}"]) from None
     header = [h.strip() for h in header]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise DataValidationError(
+            f"{path}: repeated column name(s)",
+            [f"{path}:1: column {h!r} appears {header.count(h)} times in the header {header!r}" for h in repeated],
+        )
     columns: dict[str, list] = {h: [] for h in header}
     columns["__line__"] = []
     problems = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from crossrec_core.silo import MODEL_FILE, load_view, new_model
 
 def find_run(folder: Path) -> Path:
     """The federated run folder inside (or at) ``folder``."""
+    if not folder.is_dir():
+        raise CrossrecError(f"{folder}: {'is not a folder' if folder.exists() else 'no such folder'}")
     if (folder / "federated.json").exists():
         return folder
     for name in ("federated-dp", "federated-nodp"):
@@ -37,12 +40,25 @@ def find_run(folder: Path) -> Path:
     raise CrossrecError(f"{folder}: not a completed federated run folder (no federated.json)")
 
 
+def _saved_run_config(path: Path) -> dict:
+    """The ``run_config`` mapping a run folder's config.json holds."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CrossrecError(f"{path}: missing; the run folder is incomplete") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CrossrecError(f"{path}: cannot read the run's config: {exc}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("run_config"), dict):
+        raise CrossrecError(f"{path}: no 'run_config' table; not a crossrec run config")
+    return saved["run_config"]
+
+
 def recommend(run: Path, silo: str, shopper: str, k: int = 10) -> list[tuple[str, float]]:
     """The ``k`` best items (id, score) of ``silo``'s final model for ``shopper``."""
     if k < 1:
         raise CrossrecError(f"k must be >= 1, got {k}")
     run = find_run(run)
-    config = RunConfig.from_mapping(json.loads((run / "config.json").read_text())["run_config"])
+    config = RunConfig.from_mapping(_saved_run_config(run / "config.json"))
     config = resolve_data_dir(config, PROJECT_ROOT)
     model_path = run / "silos" / silo / MODEL_FILE
     if not model_path.exists():
@@ -50,8 +66,12 @@ def recommend(run: Path, silo: str, shopper: str, k: int = 10) -> list[tuple[str
         raise CrossrecError(f"no model of silo {silo!r} in {run} (silos with a model: {', '.join(known) or 'none'})")
     view = load_view(config, silo)
     model = new_model(config, [silo], sparse=False)
-    with np.load(model_path) as arrays:
-        model.load_state_dict({name: torch.from_numpy(arrays[name]) for name in arrays.files})
+    try:
+        with np.load(model_path) as arrays:
+            model.load_state_dict({name: torch.from_numpy(arrays[name]) for name in arrays.files})
+    except (OSError, ValueError, RuntimeError, KeyError, zipfile.BadZipFile) as exc:
+        detail = str(exc).strip().splitlines()[:3]
+        raise CrossrecError(f"{model_path}: not a usable model of this run: {type(exc).__name__}: {' '.join(detail)}") from None
     user_rows = hash_ids([shopper], key=config.federation_key, table_size=config.shopper_table_size, namespace="shopper")
     items, bias = model.item_vectors(torch.from_numpy(view.catalogue_rows), silo)
     scores = (model.user_vectors(torch.from_numpy(user_rows), silo) @ items.T + bias).numpy()[0]

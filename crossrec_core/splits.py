@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from crossrec_core.data import SiloData
+from crossrec_core.errors import DataValidationError
 from crossrec_core.keying import keyed_uniform
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,10 @@ def withhold(split: SiloSplit, cold: np.ndarray) -> SiloSplit:
     )
 
 
+class TooFewNegativesError(DataValidationError, ValueError):
+    """A silo's catalogue is too small for the configured number of evaluation negatives."""
+
+
 @dataclass(frozen=True)
 class EvalNegatives:
     """Per shopper, ``k`` distinct items they never interacted with, for validation and for test."""
@@ -143,9 +148,13 @@ def sample_negatives(split: SiloSplit, *, k: int, seed: int) -> EvalNegatives:
     for u in range(split.num_users):
         seen = np.unique(seen_sorted[bounds[u] : bounds[u + 1]])
         if num_items - len(seen) < k:
-            raise ValueError(
-                f"{split.name}: shopper {split.user_ids[u]!r} has only {num_items - len(seen)} unseen items, "
-                f"fewer than the {k} evaluation negatives asked for"
+            raise TooFewNegativesError(
+                f"{split.name}: catalogue too small for {k} evaluation negatives ('eval-negatives')",
+                [
+                    f"shopper {str(split.user_ids[u])!r} has only {num_items - len(seen)} unseen items of "
+                    f"{num_items}, fewer than the {k} evaluation negatives asked for; "
+                    "add items to the silo or lower 'eval-negatives'"
+                ],
             )
         for s in range(2):
             picked: list[int] = []

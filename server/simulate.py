@@ -198,7 +198,7 @@ def read_experiment(path: str | None) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
             return dict(tomllib.load(fh))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read experiment file {path}:", [str(exc)]) from None
 
 
@@ -243,13 +243,17 @@ def _main(args: argparse.Namespace) -> int:
         overrides.update(dict(parse_override(o) for o in args.run_config))
         config = resolve_data_dir(load_config(overrides), PROJECT_ROOT)
         chosen = args.variants or ("nodp,dp" if config.dp else "nodp")
-        variants = [v.strip() for v in chosen.split(",") if v.strip()]
+        variants = list(dict.fromkeys(v.strip() for v in chosen.split(",") if v.strip()))
         unknown = set(variants) - set(VARIANTS)
         if unknown or not variants:
             raise ConfigError("bad --variants:", [f"{sorted(unknown) or 'none'}: choose from {sorted(VARIANTS)}"])
         scenario = build_scenario(config)  # validates every silo file before any run starts
+        scenario.negatives(config.target)  # and that the target's catalogue can give them
         output = Path(config.output_dir)
-        top = new_run_dir(output if output.is_absolute() else PROJECT_ROOT / output, "run")
+        try:
+            top = new_run_dir(output if output.is_absolute() else PROJECT_ROOT / output, "run")
+        except OSError as exc:
+            raise CrossrecError(f"cannot create a run folder under output-dir {output}: {exc}") from None
         logger.info("run folder: %s", top)
         write_json(top / "config.json", {"run_config": config.to_run_config(), "code_version": code_version(),
                                          "experiment": args.experiment, "variants": variants})

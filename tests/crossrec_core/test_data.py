@@ -300,3 +300,39 @@ def test_windows_line_endings_and_utf8_bom(tmp_path):
     silo = load_silo(path)
     assert silo.item_ids.tolist() == ["a", "b", "c"]
     assert silo.line.tolist() == [3, 2, 4]
+
+
+# ---- inputs found by hostile-input testing -----------------------------------------------------
+
+
+def test_repeated_column_name_is_rejected(tmp_path):
+    path = write(tmp_path / "s.csv", "user_id,item_id,position,user_id\nu1,a,0,u1\nu1,b,1,u1\nu1,c,2,u1\n")
+    message = fail(path)
+    assert names_line(message, path, 1)
+    assert "'user_id' appears 2 times" in message
+
+
+def test_data_dir_that_is_not_a_folder(tmp_path):
+    from crossrec_core.data import silo_path
+
+    missing, a_file = tmp_path / "nope", write(tmp_path / "f.csv", "x")
+    for base, what in ((missing, "does not exist"), (a_file, "is not a folder")):
+        with pytest.raises(DataValidationError, match=what) as info:
+            silo_path(base, "Toys")
+        assert str(base) in str(info.value) and "'data-dir'" in str(info.value)
+
+
+def test_broken_symlink_is_named(tmp_path):
+    from crossrec_core.data import silo_path
+
+    (tmp_path / "Toys.csv").symlink_to(tmp_path / "gone.csv")
+    message = fail(silo_path(tmp_path, "Toys"))
+    assert "broken symbolic link" in message
+
+
+def test_fifo_is_rejected_without_blocking(tmp_path):
+    import os
+
+    path = tmp_path / "s.csv"
+    os.mkfifo(path)
+    assert "not a regular file" in fail(path)
