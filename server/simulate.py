@@ -113,6 +113,8 @@ class SimulationLink:
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            # one ClientApp per CPU (client-resources-num-cpus=1): one math thread each, no oversubscription
+            "OMP_NUM_THREADS": "1",
         }
         self.proc: subprocess.Popen | None = None
 
