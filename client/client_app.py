@@ -12,14 +12,13 @@ import json
 import logging
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from client import records as R
-from crossrec_core.config import RunConfig
+from crossrec_core.config import PROJECT_ROOT, RunConfig
 from crossrec_core.errors import PrivacyError
 from crossrec_core.scenario import resolve_data_dir
-from crossrec_core.config import PROJECT_ROOT
 from crossrec_core.silo import evaluate_test, load_view, plan_privacy, save_silo_model, train_round
 
 logger = logging.getLogger(__name__)

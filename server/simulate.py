@@ -205,8 +205,7 @@ def read_experiment(path: str | None) -> dict[str, Any]:
 
 
 def federated_rows(result: dict[str, Any], method: str) -> list[dict[str, Any]]:
-    target_eps = result["epsilon_by_silo"]
-    eps = max((v for k, v in target_eps.items()), default=None) if result["dp"] else None
+    eps = max(result["epsilon_by_silo"].values(), default=None) if result["dp"] else None
     rows = []
     for group, metrics in result["test"].items():
         metrics = dict(metrics)
