@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 COLD = "cold-start"
 ALL = "all"
-GROUPS = (COLD, ALL)
 
 
 @dataclass
