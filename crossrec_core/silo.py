@@ -165,7 +165,8 @@ class PrivacyPlan:
 def plan_privacy(view: SiloView) -> PrivacyPlan:
     """Noise for all ``num-server-rounds`` x ``local-epochs`` (and, on the target, ``finetune-epochs``)."""
     config = view.config
-    per_epoch = steps_per_epoch(len(view.shopper_data()), config.dp_batch_size)
+    shoppers = len(np.unique(view.split.train_user))  # the DP samples: shoppers with training data
+    per_epoch = steps_per_epoch(shoppers, config.dp_batch_size)
     per_round = max(1, round(config.local_epochs * per_epoch))
     finetune = round(config.finetune_epochs * per_epoch) if view.is_target else 0
     planned = config.num_server_rounds * per_round + finetune
