@@ -16,6 +16,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from client import records as R
+from crossrec_core.aggregation import apply_update
 from crossrec_core.config import PROJECT_ROOT, RunConfig
 from crossrec_core.errors import PrivacyError
 from crossrec_core.scenario import resolve_data_dir
@@ -77,10 +78,8 @@ def train(msg: Message, context: Context) -> Message:
     context.state[R.STATE_PRIVATE] = R.to_array_record(result.private)
     if result.accountant_state is not None:
         context.state[R.STATE_PRIVACY] = ConfigRecord({"accountant": json.dumps(result.accountant_state)})
-    update = dict(result.deltas)
-    update.update({k + R.ROWS_SUFFIX: v for k, v in result.rows.items()})
     content = RecordDict({
-        R.UPDATE: R.to_array_record(update),
+        R.UPDATE: R.update_to_record(result.update),
         R.METRICS: R.to_metric_record(result.metrics),
         R.SILO: R.to_json_config(name=view.name, status=R.STATUS_OK, accountant=result.accountant_state or {}),
     })
@@ -88,7 +87,7 @@ def train(msg: Message, context: Context) -> Message:
         _save_model(context, view, shared, result)
     if str(instruction["phase"]) == R.PHASE_FINETUNE:
         # The fine-tuned model is the silo's final one: its test metrics go back with the update.
-        merged = {k: shared[k] + result.deltas[k] for k in shared}
+        merged = apply_update(shared, result.update)
         test = evaluate_test(view, merged, result.private)
         content[R.TEST] = R.to_metric_record({f"{g}/{k}": v for g, m in test.items() for k, v in m.items()})
     return Message(content, reply_to=msg)
@@ -103,7 +102,7 @@ def _save_model(context: Context, view, shared, result) -> None:
         folder = Path(view.config.run_dir) / "silos" / view.name
     else:
         return
-    state = {k: shared[k] + result.deltas[k] for k in shared}
+    state = apply_update(shared, result.update)
     state.update(result.private)
     save_silo_model(folder, view.name, state)
 

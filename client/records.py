@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
+from crossrec_core.aggregation import SiloUpdate
 from crossrec_core.silo import FINETUNE, PRETRAIN
 
 # Record names in message content.
@@ -22,7 +23,7 @@ TEST = "test"  # MetricRecord, silo -> server: "<group>/<metric>" test metrics
 STATE_PRIVATE = "private"
 STATE_PRIVACY = "privacy"
 
-ROWS_SUFFIX = ".rows"
+ROWS_SUFFIX = ".rows"  # int64 indices of the rows a delta holds; absent: the delta holds every row
 
 PHASE_SETUP = "setup"
 PHASE_PRETRAIN = PRETRAIN
@@ -38,6 +39,26 @@ def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
+
+
+def update_to_record(update: SiloUpdate) -> ArrayRecord:
+    """A silo's update as an ArrayRecord: per tensor its deltas, plus ``<name>.rows`` when only some
+    rows were trained (without DP only the trained rows travel)."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, delta in update.deltas.items():
+        arrays[name] = delta
+        rows = update.rows.get(name)
+        if rows is not None:
+            arrays[name + ROWS_SUFFIX] = np.asarray(rows, dtype=np.int64)
+    return to_array_record(arrays)
+
+
+def update_from_record(record: ArrayRecord, names: list[str], num_examples: int) -> SiloUpdate:
+    arrays = from_array_record(record)
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ValueError(f"update lacks {missing}")
+    return SiloUpdate({n: arrays[n] for n in names}, {n: arrays.get(n + ROWS_SUFFIX) for n in names}, num_examples)
 
 
 def to_metric_record(values: dict[str, Any]) -> MetricRecord:

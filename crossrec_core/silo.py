@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from crossrec_core.aggregation import SiloUpdate
 from crossrec_core.config import RunConfig
 from crossrec_core.errors import PrivacyError
 from crossrec_core.evaluation import NDCG, ModelScorer, evaluate
@@ -213,8 +214,7 @@ def initial_shared(config: RunConfig) -> dict[str, np.ndarray]:
 
 @dataclass
 class RoundResult:
-    deltas: dict[str, np.ndarray]
-    rows: dict[str, np.ndarray]
+    update: SiloUpdate  # what leaves the silo: deltas of the shared rows it trained
     private: dict[str, np.ndarray]
     accountant_state: dict | None
     metrics: dict[str, float]
@@ -243,8 +243,8 @@ def train_round(
     round_number: int,
     phase: str,
 ) -> RoundResult:
-    """Train the silo from the global shared tensors; return the shared deltas, trained-row masks,
-    the new private state, the accountant state and metrics (incl. validation NDCG@10 on own shoppers).
+    """Train the silo from the global shared tensors; return the update of the shared rows it trained
+    (every row with DP), the new private state, the accountant state and metrics (incl. validation NDCG@10 on own shoppers).
 
     With DP, refuses (PrivacyError) when the steps would take ε beyond the silo's budget."""
     config = view.config
@@ -268,11 +268,16 @@ def train_round(
         accountant_state_in=accountant_state, progress=False,
     )
     new_shared, new_private = split_state(model.state_dict())
-    deltas = {k: new_shared[k].numpy() - shared[k] for k in shared}
-    rows = {
-        SHOPPER_TABLE: _row_mask(config.shopper_table_size, None if config.dp else data.user_rows.numpy()),
-        ITEM_TABLE: _row_mask(config.item_table_size, view.catalogue_rows),
-    }
+    if config.dp:
+        trained = {SHOPPER_TABLE: None, ITEM_TABLE: None}  # noise reaches every row: all rows are sent
+    else:
+        trained = {SHOPPER_TABLE: _rows(data.user_rows.numpy()), ITEM_TABLE: _rows(view.catalogue_rows)}
+    deltas = {}
+    for name in shared:
+        rows = trained[name]
+        new = new_shared[name].numpy()
+        deltas[name] = new - shared[name] if rows is None else new[rows] - shared[name][rows]
+    update = SiloUpdate(deltas, trained, len(data))
     val = evaluate(ModelScorer(model, view.name, view.user_rows, view.catalogue_rows), view.split, view.negatives,
                    np.arange(view.split.num_users), stage="val", full=False)
     metrics = {
@@ -286,21 +291,16 @@ def train_round(
         "epsilon": report.epsilon if report.epsilon is not None else 0.0,
     }
     return RoundResult(
-        deltas,
-        rows,
+        update,
         {k: v.numpy().copy() for k, v in new_private.items()},
         report.accountant_state if config.dp else None,
         metrics,
     )
 
 
-def _row_mask(num_rows: int, rows: np.ndarray | None) -> np.ndarray:
-    """0/1 per table row: the rows given, or every row (``None``: DP noise reaches every row)."""
-    if rows is None:
-        return np.ones(num_rows, dtype=np.uint8)
-    mask = np.zeros(num_rows, dtype=np.uint8)
-    mask[np.asarray(rows).reshape(-1)] = 1
-    return mask
+def _rows(keyed_rows: np.ndarray) -> np.ndarray:
+    """The sorted distinct table rows in ``keyed_rows`` (any shape)."""
+    return np.unique(np.asarray(keyed_rows).reshape(-1)).astype(np.int64)
 
 
 def evaluate_test(

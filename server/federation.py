@@ -92,14 +92,14 @@ class Federation:
             raise FederationError(f"only {len(self.silos)} silo(s) answered setup; min-silos is {self.config.min_silos}")
 
     def train_round(self, global_state: dict[str, np.ndarray], round_number: int, phase: str,
-                    nodes: Iterable[int], epochs: float, final: bool) -> tuple[dict[int, Message], dict[str, Any]]:
+                    nodes: Iterable[int], epochs: float, final: bool) -> tuple[dict[int, tuple[Message, SiloUpdate]], dict[str, Any]]:
         start = time.perf_counter()
         shared = R.to_array_record(global_state)
         bytes_down = sum(v.nbytes for v in global_state.values())
         instruction = ConfigRecord({"phase": phase, "round": round_number, "epochs": float(epochs), "final": final})
         contents = {n: RecordDict({R.SHARED: shared, R.INSTRUCTION: instruction}) for n in nodes}
         replies = self._send(contents, MessageType.TRAIN, f"{phase}-{round_number}")
-        ok: dict[int, Message] = {}
+        ok: dict[int, tuple[Message, SiloUpdate]] = {}
         summary: dict[str, Any] = {"round": round_number, "phase": phase, "failed": [], "refused": []}
         for node in contents:
             name = self.silos[node]["name"]
@@ -116,12 +116,20 @@ class Federation:
                 self._log({"round": round_number, "phase": phase, "silo": name, "status": "refused", "reason": str(silo["reason"])})
                 continue
             metrics = dict(reply.content[R.METRICS])
-            update = R.from_array_record(reply.content[R.UPDATE])
-            bytes_up = sum(v.nbytes for v in update.values())
+            try:
+                update = R.update_from_record(reply.content[R.UPDATE], list(global_state), int(metrics["num-examples"]))
+            except (KeyError, ValueError) as exc:
+                logger.warning("round %d: silo %s sent a malformed update: %s", round_number, name, exc)
+                summary["failed"].append(name)
+                self._log({"round": round_number, "phase": phase, "silo": name, "status": "failed",
+                           "reason": f"malformed update: {exc}"})
+                continue
+            bytes_up = sum(v.nbytes for v in update.deltas.values()) + sum(
+                r.nbytes for r in update.rows.values() if r is not None)
             self.epsilon.setdefault(name, []).append(float(metrics.get("epsilon", 0.0)))
             self._log({"round": round_number, "phase": phase, "silo": name, "status": "ok",
                        "bytes_down": bytes_down, "bytes_up": bytes_up, **metrics})
-            ok[node] = reply
+            ok[node] = (reply, update)
         summary.update(silos_ok=len(ok), seconds=round(time.perf_counter() - start, 3))
         return ok, summary
 
@@ -137,15 +145,9 @@ class Federation:
                     f"{summary['refused']}); min-silos is {self.config.min_silos}"
                 )
             start = time.perf_counter()
-            updates = []
-            for reply in ok.values():
-                arrays = R.from_array_record(reply.content[R.UPDATE])
-                deltas = {k: arrays[k] for k in global_state}
-                rows = {k: arrays[k + R.ROWS_SUFFIX] for k in global_state}
-                updates.append(SiloUpdate(deltas, rows, int(reply.content[R.METRICS]["num-examples"])))
-            global_state = aggregate(global_state, updates, rule=self.config.aggregation)
+            global_state = aggregate(global_state, [u for _, u in ok.values()], rule=self.config.aggregation)
             summary["aggregate_seconds"] = round(time.perf_counter() - start, 3)
-            local = [float(reply.content[R.METRICS]["round-seconds"]) for reply in ok.values()]
+            local = [float(reply.content[R.METRICS]["round-seconds"]) for reply, _ in ok.values()]
             summary["slowest_silo_seconds"] = round(max(local), 3)
             self._log(summary)
             logger.info("round %d: %d silo(s), %.1f s", r, len(ok), summary["seconds"])
@@ -156,8 +158,9 @@ class Federation:
         if not targets:
             raise FederationError(f"no node of the target silo {self.config.target!r} took part")
         if self.config.finetune_epochs > 0:
-            ok, summary = self.train_round(global_state, 1, R.PHASE_FINETUNE, targets, self.config.finetune_epochs, True)
+            tuned, summary = self.train_round(global_state, 1, R.PHASE_FINETUNE, targets, self.config.finetune_epochs, True)
             self._log(summary)
+            ok = {n: reply for n, (reply, _) in tuned.items()}
         else:
             contents = {n: RecordDict({R.SHARED: R.to_array_record(global_state)}) for n in targets}
             ok = {n: m for n, m in self._send(contents, MessageType.EVALUATE, "evaluate").items() if not m.has_error()}

@@ -9,9 +9,11 @@ log=$(mktemp)
 "$PY" - "$@" <<'PYCODE' | tee "$log"
 import subprocess, sys, threading, time, os
 
-def tree_rss(root):
-    """Sum of RSS (bytes) of root and all its descendants, read from /proc."""
-    children = {}
+def tree_memory(root):
+    """(RSS, PSS) sums in bytes over root and all its descendants, read from /proc. RSS counts a page
+    shared by several processes (Ray's object store, copy-on-write) once per process; PSS splits it
+    among them, so the PSS sum is the memory the processes hold together."""
+    children, session = {}, {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -19,26 +21,40 @@ def tree_rss(root):
             with open(f"/proc/{pid}/stat") as fh:
                 parts = fh.read().rsplit(")", 1)[1].split()
             children.setdefault(int(parts[1]), []).append(int(pid))
+            session[int(pid)] = int(parts[3])
         except OSError:
             continue
-    total, stack = 0, [root]
+    tree, stack = set(), [root]
     while stack:
         pid = stack.pop()
+        tree.add(pid)
         stack.extend(children.get(pid, []))
+    # Flower's helpers and Ray's workers open their own sessions and may outlive their parents
+    own = os.getsid(0)
+    sessions = {session[p] for p in tree if p in session} - {own}
+    tree |= {p for p, s in session.items() if s in sessions}
+    rss = pss = 0
+    for pid in tree:
         try:
-            with open(f"/proc/{pid}/statm") as fh:
-                total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
         except OSError:
             pass
-    return total
+    return rss, pss
 
 start = time.time()
 proc = subprocess.Popen([sys.executable, "-m", "server.simulate", "--quiet", *sys.argv[1:]])
-peak = 0
+peak_rss = peak_pss = 0
 while proc.poll() is None:
-    peak = max(peak, tree_rss(proc.pid))
+    rss, pss = tree_memory(proc.pid)
+    peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
     time.sleep(0.5)
-print(f"exit {proc.returncode}; wall {time.time() - start:.1f} s; peak RSS of all processes {peak / 1024**3:.2f} GB")
+print(f"exit {proc.returncode}; wall {time.time() - start:.1f} s; peak memory of all processes: "
+      f"PSS {peak_pss / 1024**3:.2f} GB (RSS sum {peak_rss / 1024**3:.2f} GB)")
 PYCODE
 run=$(grep -o 'run folder: .*' "$log" | tail -1 | cut -d' ' -f3)
 "$PY" - "$run" <<'PYCODE'

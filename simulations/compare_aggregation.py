@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from crossrec_core.aggregation import SiloUpdate, aggregate  # noqa: E402
+from crossrec_core.aggregation import aggregate, apply_update  # noqa: E402
 from crossrec_core.config import PROJECT_ROOT, load_config, parse_override  # noqa: E402
 from crossrec_core.evaluation import NDCG, ModelScorer, evaluate  # noqa: E402
 from crossrec_core.scenario import resolve_data_dir  # noqa: E402
@@ -42,7 +42,7 @@ def run(config) -> list[tuple[str, dict[str, float]]]:
         for s, view in views.items():
             res = train_round(view, shared, private[s], accountant[s], epochs=config.local_epochs, round_number=r, phase=PRETRAIN)
             private[s], accountant[s] = res.private, res.accountant_state
-            updates.append(SiloUpdate(res.deltas, res.rows, int(res.metrics["num-examples"])))
+            updates.append(res.update)
         shared = aggregate(shared, updates, rule=config.aggregation)
         target = next(v for v in views.values() if v.is_target)
         history.append((f"round {r}", validation(target, shared, private[target.name])))
@@ -50,7 +50,7 @@ def run(config) -> list[tuple[str, dict[str, float]]]:
     tuned, priv, acc = dict(shared), private[target.name], accountant[target.name]
     for e in range(1, int(config.finetune_epochs) + 1):
         res = train_round(target, tuned, priv, acc, epochs=1.0, round_number=e, phase=FINETUNE)
-        tuned = {k: tuned[k] + res.deltas[k] for k in tuned}
+        tuned = apply_update(tuned, res.update)
         priv, acc = res.private, res.accountant_state
         history.append((f"fine-tune {e}", validation(target, tuned, priv)))
     return history

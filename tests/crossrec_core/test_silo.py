@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from crossrec_core import silo as silo_module
 from crossrec_core.config import load_config
 from crossrec_core.errors import PrivacyError
 from crossrec_core.scenario import build_scenario
@@ -49,17 +50,47 @@ def test_merchants_partition_a_category_with_the_same_catalogue(small_config):
     assert (merchant_of(np.array(["a", "b", "c"]), key="k", merchants=1) == 0).all()
 
 
-def test_a_round_returns_deltas_of_shared_tensors_only_and_masks_of_trained_rows(small_config):
+def test_a_round_sends_only_the_deltas_of_the_shared_rows_it_trained(small_config, monkeypatch):
     config = small_config.replace(dp=False)
     view = load_view(config, "Beauty")
     shared = initial_shared(config)
+    seen = {}
+    real_split = silo_module.split_state
+
+    def capture(state):
+        out = real_split(state)
+        seen["shared"] = {k: v.numpy().copy() for k, v in out[0].items()}
+        return out
+
+    monkeypatch.setattr(silo_module, "split_state", capture)
     result = train_round(view, shared, None, None, epochs=1.0, round_number=1, phase="pretrain")
-    assert set(result.deltas) == {SHOPPER_TABLE, ITEM_TABLE}
+    update = result.update
+    assert set(update.deltas) == {SHOPPER_TABLE, ITEM_TABLE}
     assert all(k.startswith(("heads.Beauty", "item_bias.Beauty")) for k in result.private)
-    # non-private training moves exactly the rows the silo's shoppers and catalogue use
-    moved = np.abs(result.deltas[SHOPPER_TABLE]).sum(1) > 0
-    assert moved.any() and not (moved & (result.rows[SHOPPER_TABLE] == 0)).any()
-    assert result.rows[ITEM_TABLE].sum() <= view.split.num_items * 2
+    # the rows sent are the keyed rows of the silo's shoppers with training data and of its catalogue
+    trained_users = np.unique(view.split.train_user)
+    np.testing.assert_array_equal(update.rows[SHOPPER_TABLE], np.unique(view.user_rows[trained_users]))
+    np.testing.assert_array_equal(update.rows[ITEM_TABLE], np.unique(view.catalogue_rows))
+    for name in (SHOPPER_TABLE, ITEM_TABLE):
+        full_delta = seen["shared"][name] - shared[name]
+        rows = update.rows[name]
+        np.testing.assert_allclose(update.deltas[name], full_delta[rows], atol=1e-6)
+        # non-private training moved no row outside them, so nothing is lost by sending only those
+        outside = np.ones(len(full_delta), dtype=bool)
+        outside[rows] = False
+        assert not np.abs(full_delta[outside]).any()
+        assert np.abs(update.deltas[name]).sum() > 0
+
+
+def test_a_dp_round_sends_every_row(small_config):
+    config = small_config.replace(**{"dp": True, "epsilon-budget": 50.0})
+    view = load_view(config, "Beauty")
+    shared = initial_shared(config)
+    result = train_round(view, shared, None, None, epochs=0.2, round_number=1, phase="pretrain")
+    for name in (SHOPPER_TABLE, ITEM_TABLE):
+        assert result.update.rows[name] is None and result.update.deltas[name].shape == shared[name].shape
+        # noise reaches rows no shopper of the silo uses
+        assert np.count_nonzero(np.abs(result.update.deltas[name]).sum(1)) == len(shared[name])
 
 
 def test_a_silo_never_spends_beyond_its_budget(small_config):
