@@ -1,9 +1,10 @@
 """ClientApp: one node is one silo.
 
 The silo is named by ``node_config["silo"]`` (a deployed SuperNode) or, in simulation, by the node's
-``partition-id`` in the run's list of silos. ``node_config["data-dir"]`` overrides where its file is.
-Only the shared tensors' update leaves the node; the silo-private head and item biases and the
-privacy accountant stay in ``context.state`` across rounds.
+``partition-id`` in the run's list of silos. ``node_config`` may also set the silo's ``data-dir``,
+``epsilon-budget`` and ``delta``. Only the shared tensors' update leaves the node; the silo-private
+head and item biases and the privacy ledger stay in ``context.state`` across rounds, and the ledger
+goes back to the server with every reply so the run's privacy report can be written.
 """
 
 from __future__ import annotations
@@ -20,17 +21,29 @@ from crossrec_core.aggregation import apply_update
 from crossrec_core.config import PROJECT_ROOT, RunConfig
 from crossrec_core.errors import PrivacyError
 from crossrec_core.scenario import resolve_data_dir
-from crossrec_core.silo import evaluate_test, load_view, plan_privacy, save_silo_model, train_round
+from crossrec_core.privacy import PrivacyLedger
+from crossrec_core.silo import evaluate_test, load_view, new_ledger, save_silo_model, train_round
 
 logger = logging.getLogger(__name__)
 app = ClientApp()
 
 
+# run_config keys a SuperNode may set for its own silo through --node-config (each data owner sets
+# its own privacy budget and where its data is).
+NODE_OVERRIDES = ("data-dir", "epsilon-budget", "delta")
+
+
+def node_run_config(run_config, node_config) -> RunConfig:
+    """The run's config with this node's overrides (``NODE_OVERRIDES`` found in ``node_config``)."""
+    mapping = dict(run_config)
+    for key in NODE_OVERRIDES:
+        if key in node_config:
+            mapping[key] = node_config[key]
+    return resolve_data_dir(RunConfig.from_mapping(mapping), PROJECT_ROOT)
+
+
 def _view(context: Context):
-    mapping = dict(context.run_config)
-    if "data-dir" in context.node_config:
-        mapping["data-dir"] = str(context.node_config["data-dir"])
-    config = resolve_data_dir(RunConfig.from_mapping(mapping), PROJECT_ROOT)
+    config = node_run_config(context.run_config, context.node_config)
     if "silo" in context.node_config:
         silo = str(context.node_config["silo"])
     else:
@@ -42,20 +55,36 @@ def _private(context: Context):
     return R.from_array_record(context.state[R.STATE_PRIVATE]) if R.STATE_PRIVATE in context.state else None
 
 
-def _accountant(context: Context):
-    if R.STATE_PRIVACY not in context.state:
+def _ledger(context: Context, view) -> PrivacyLedger | None:
+    """The silo's privacy ledger from its Context (created from its plan on first use)."""
+    if not view.config.dp:
         return None
-    return json.loads(str(context.state[R.STATE_PRIVACY]["accountant"]))
+    if R.STATE_PRIVACY in context.state:
+        return PrivacyLedger.from_dict(json.loads(str(context.state[R.STATE_PRIVACY]["ledger"])))
+    ledger = new_ledger(view)
+    _keep_ledger(context, ledger)
+    return ledger
+
+
+def _keep_ledger(context: Context, ledger: PrivacyLedger | None) -> None:
+    if ledger is not None:
+        context.state[R.STATE_PRIVACY] = ConfigRecord({"ledger": json.dumps(ledger.as_dict())})
 
 
 @app.query()
 def setup(msg: Message, context: Context) -> Message:
-    """Say which silo this node is, its size, and (with DP) its privacy plan for the whole run."""
+    """Say which silo this node is, its size, and (with DP) its privacy plan for the whole run; a
+    plan that cannot meet the silo's budget is refused here, before any training."""
     view = _view(context)
-    plan = plan_privacy(view).as_dict() if view.config.dp else {}
+    try:
+        ledger = _ledger(context, view)
+    except PrivacyError as exc:
+        status = R.to_json_config(name=view.name, category=view.category, status=R.STATUS_REFUSED, reason=str(exc))
+        return Message(RecordDict({R.SILO: status}), reply_to=msg)
     info = R.to_json_config(
-        name=view.name, category=view.category, shoppers=view.split.num_users,
-        train_interactions=len(view.split.train_user), plan=plan,
+        name=view.name, category=view.category, status=R.STATUS_OK, shoppers=view.split.num_users,
+        train_interactions=len(view.split.train_user), plan=ledger.summary() if ledger else {},
+        ledger=ledger.as_dict() if ledger else {},
     )
     return Message(RecordDict({R.SILO: info}), reply_to=msg)
 
@@ -66,22 +95,25 @@ def train(msg: Message, context: Context) -> Message:
     view = _view(context)
     instruction = msg.content[R.INSTRUCTION]
     shared = R.from_array_record(msg.content[R.SHARED])
+    ledger = _ledger(context, view)
     try:
         result = train_round(
-            view, shared, _private(context), _accountant(context),
+            view, shared, _private(context), ledger,
             epochs=float(instruction["epochs"]), round_number=int(instruction["round"]), phase=str(instruction["phase"]),
         )
     except PrivacyError as exc:
         logger.warning("%s", exc)
-        status = R.to_json_config(name=view.name, status=R.STATUS_REFUSED, reason=str(exc))
+        _keep_ledger(context, ledger)  # the refusal is part of the silo's record
+        status = R.to_json_config(name=view.name, status=R.STATUS_REFUSED, reason=str(exc),
+                                  ledger=ledger.as_dict() if ledger else {})
         return Message(RecordDict({R.SILO: status}), reply_to=msg)
     context.state[R.STATE_PRIVATE] = R.to_array_record(result.private)
-    if result.accountant_state is not None:
-        context.state[R.STATE_PRIVACY] = ConfigRecord({"accountant": json.dumps(result.accountant_state)})
+    _keep_ledger(context, result.ledger)
     content = RecordDict({
         R.UPDATE: R.update_to_record(result.update),
         R.METRICS: R.to_metric_record(result.metrics),
-        R.SILO: R.to_json_config(name=view.name, status=R.STATUS_OK, accountant=result.accountant_state or {}),
+        R.SILO: R.to_json_config(name=view.name, status=R.STATUS_OK,
+                                 ledger=result.ledger.as_dict() if result.ledger else {}),
     })
     if bool(instruction.get("final", False)):
         _save_model(context, view, shared, result)

@@ -69,6 +69,7 @@ class RunConfig:
     loss: str = _key("loss", str, _check(lambda v: v in LOSSES, f"must be one of {LOSSES}"))
     train_negatives: int = _key("train-negatives", int, _positive)
     learning_rate: float = _key("learning-rate", float, _positive)
+    adam_beta1: float = _key("adam-beta1", float, _check(lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"))
     l2: float = _key("l2", float, _non_negative)
     batch_size: int = _key("batch-size", int, _positive)
     dp_batch_size: int = _key("dp-batch-size", int, _positive)

@@ -20,10 +20,11 @@ import torch
 
 from crossrec_core.aggregation import SiloUpdate
 from crossrec_core.config import RunConfig
-from crossrec_core.errors import PrivacyError
+from crossrec_core.errors import PrivacyError, TrainingError
 from crossrec_core.evaluation import NDCG, ModelScorer, evaluate
 from crossrec_core.keying import keyed_uniform
 from crossrec_core.model import CrossRecModel, split_state
+from crossrec_core.privacy import PrivacyLedger
 from crossrec_core.scenario import COLD, ALL, build_scenario
 from crossrec_core.splits import EvalNegatives, SiloSplit, derive_rng
 from crossrec_core.training import (
@@ -31,7 +32,6 @@ from crossrec_core.training import (
     ShopperData,
     TrainSettings,
     calibrate_noise,
-    make_accountant,
     steps_per_epoch,
     train,
 )
@@ -138,6 +138,7 @@ def train_settings(config: RunConfig, *, dp: bool = False) -> TrainSettings:
         loss=config.loss,  # type: ignore[arg-type]
         l2=config.l2,
         learning_rate=config.learning_rate,
+        adam_beta1=config.adam_beta1,
         batch_size=config.dp_batch_size if dp else config.batch_size,
         train_negatives=config.train_negatives,
         max_interactions=config.max_interactions_per_shopper,
@@ -165,11 +166,16 @@ class PrivacyPlan:
 
 def plan_privacy(view: SiloView) -> PrivacyPlan:
     """Noise for all ``num-server-rounds`` x ``local-epochs`` (and, on the target, ``finetune-epochs``)."""
-    config = view.config
     shoppers = len(np.unique(view.split.train_user))  # the DP samples: shoppers with training data
+    return plan_for(view.config, shoppers, is_target=view.is_target)
+
+
+def plan_for(config: RunConfig, shoppers: int, *, is_target: bool) -> PrivacyPlan:
+    """The privacy plan of a silo with ``shoppers`` DP samples; PrivacyError if the budget cannot
+    cover the planned steps at any noise level."""
     per_epoch = steps_per_epoch(shoppers, config.dp_batch_size)
     per_round = max(1, round(config.local_epochs * per_epoch))
-    finetune = round(config.finetune_epochs * per_epoch) if view.is_target else 0
+    finetune = round(config.finetune_epochs * per_epoch) if is_target else 0
     planned = config.num_server_rounds * per_round + finetune
     sigma = calibrate_noise(
         epsilon=config.epsilon_budget,
@@ -184,14 +190,38 @@ def plan_privacy(view: SiloView) -> PrivacyPlan:
     )
 
 
-def epsilon_after(plan: PrivacyPlan, accountant_state: dict | None, extra_steps: int) -> float:
-    """ε the silo would have spent after ``extra_steps`` more steps of its plan."""
-    accountant = make_accountant(plan.accountant, accountant_state)  # type: ignore[arg-type]
-    if extra_steps:
-        accountant.history.append((plan.noise_multiplier, plan.sample_rate, extra_steps))
-    if not accountant.history:
-        return 0.0
-    return float(accountant.get_epsilon(delta=plan.delta))
+def check_privacy_plans(config: RunConfig, scenario) -> dict[str, PrivacyPlan]:
+    """Every node silo's plan under the run's budget, from the scenario's splits (before any run
+    starts); one PrivacyError naming every silo whose plan is impossible."""
+    plans: dict[str, PrivacyPlan] = {}
+    problems: list[str] = []
+    for category in config.silo_names:
+        split = scenario.splits[category]
+        trained = np.unique(split.train_user)
+        if config.merchants_per_category > 1:
+            merchant = merchant_of(split.user_ids[trained], key=config.federation_key, merchants=config.merchants_per_category)
+            counts = {f"{category}-{j + 1}": int((merchant == j).sum()) for j in range(config.merchants_per_category)}
+        else:
+            counts = {category: len(trained)}
+        for silo, shoppers in counts.items():
+            try:
+                plans[silo] = plan_for(config, shoppers, is_target=category == config.target)
+            except PrivacyError as exc:
+                problems.append(f"{silo} ({shoppers} shoppers): {exc}")
+    if problems:
+        raise PrivacyError("impossible privacy plan, nothing was trained:\n  " + "\n  ".join(problems))
+    return plans
+
+
+def new_ledger(view: SiloView, plan: PrivacyPlan | None = None) -> PrivacyLedger:
+    """An empty ledger for the silo's whole planned DP work (``plan_privacy`` if no plan is given)."""
+    plan = plan or plan_privacy(view)
+    return PrivacyLedger(
+        silo=view.name, category=view.category, epsilon_budget=plan.epsilon_budget, delta=plan.delta,
+        accountant=plan.accountant, max_grad_norm=plan.max_grad_norm,
+        max_interactions_per_shopper=plan.max_interactions_per_shopper, noise_multiplier=plan.noise_multiplier,
+        sample_rate=plan.sample_rate, planned_steps=plan.planned_steps,
+    )
 
 
 def new_model(config: RunConfig, silos, *, sparse: bool) -> CrossRecModel:
@@ -216,7 +246,7 @@ def initial_shared(config: RunConfig) -> dict[str, np.ndarray]:
 class RoundResult:
     update: SiloUpdate  # what leaves the silo: deltas of the shared rows it trained
     private: dict[str, np.ndarray]
-    accountant_state: dict | None
+    ledger: PrivacyLedger | None  # with DP: the silo's ledger, this round's steps recorded
     metrics: dict[str, float]
 
 
@@ -237,7 +267,7 @@ def train_round(
     view: SiloView,
     shared: dict[str, np.ndarray],
     private: dict[str, np.ndarray] | None,
-    accountant_state: dict | None,
+    ledger: PrivacyLedger | None,
     *,
     epochs: float,
     round_number: int,
@@ -246,7 +276,8 @@ def train_round(
     """Train the silo from the global shared tensors; return the update of the shared rows it trained
     (every row with DP), the new private state, the accountant state and metrics (incl. validation NDCG@10 on own shoppers).
 
-    With DP, refuses (PrivacyError) when the steps would take ε beyond the silo's budget."""
+    With DP, ``ledger`` (a new one if None) holds the silo's steps so far; the round refuses
+    (PrivacyError, refusal recorded in the ledger) when its steps would take ε beyond the budget."""
     config = view.config
     data = view.shopper_data()
     start = time.perf_counter()
@@ -254,19 +285,24 @@ def train_round(
     model.train_heads(config.head == "always" or (config.head == "finetune" and phase == FINETUNE))
     dp = None
     if config.dp:
-        plan = plan_privacy(view)
-        steps = max(1, round(epochs * round(1.0 / plan.sample_rate)))
-        projected = epsilon_after(plan, accountant_state, steps)
-        if projected > plan.epsilon_budget + 1e-9:
-            raise PrivacyError(
-                f"{view.name}: {steps} more steps would spend ε = {projected:.3f} > budget {plan.epsilon_budget}; refusing"
-            )
-        dp = DPSettings(plan.noise_multiplier, plan.max_grad_norm, plan.delta, plan.accountant)  # type: ignore[arg-type]
+        ledger = ledger if ledger is not None else new_ledger(view)
+        steps = max(1, round(epochs * round(1.0 / ledger.sample_rate)))
+        ledger.check(steps, phase=phase, round_number=round_number)
+        dp = DPSettings(ledger.noise_multiplier, ledger.max_grad_norm, ledger.delta, ledger.accountant)  # type: ignore[arg-type]
     seed = int(derive_rng(config.seed, view.name, phase, str(round_number)).integers(2**31))
     report = train(
         model, data, settings=train_settings(config, dp=config.dp), epochs=epochs, seed=seed, dp=dp,
-        accountant_state_in=accountant_state, progress=False,
+        accountant_state_in={"history": ledger.history} if dp is not None else None, progress=False,
     )
+    if dp is not None:
+        entry = ledger.record(phase=phase, round_number=round_number, steps=report.steps,
+                              noise_multiplier=dp.noise_multiplier, sample_rate=report.sample_rate)
+        tolerance = 1e-9 if dp.accountant == "rdp" else 0.05
+        if abs(entry["epsilon"] - report.epsilon) > tolerance * max(1.0, report.epsilon):
+            raise TrainingError(
+                f"{view.name}: the ledger's ε {entry['epsilon']:.6f} disagrees with the training accountant's "
+                f"{report.epsilon:.6f}; not sending this update"
+            )
     new_shared, new_private = split_state(model.state_dict())
     if config.dp:
         trained = {SHOPPER_TABLE: None, ITEM_TABLE: None}  # noise reaches every row: all rows are sent
@@ -288,12 +324,15 @@ def train_round(
         "train-seconds": report.seconds,
         "round-seconds": time.perf_counter() - start,
         "val-ndcg@10": val.metrics[NDCG],
-        "epsilon": report.epsilon if report.epsilon is not None else 0.0,
+        "epsilon": ledger.spent if dp is not None else 0.0,
     }
+    if dp is not None:
+        metrics.update({"epsilon-budget": ledger.epsilon_budget, "epsilon-remaining": ledger.remaining,
+                        "noise-multiplier": ledger.noise_multiplier, "sample-rate": ledger.sample_rate})
     return RoundResult(
         update,
         {k: v.numpy().copy() for k, v in new_private.items()},
-        report.accountant_state if config.dp else None,
+        ledger if dp is not None else None,
         metrics,
     )
 

@@ -42,6 +42,7 @@ class TrainSettings:
     loss: LossKind = "bpr"
     l2: float = 1e-2
     learning_rate: float = 5e-3
+    adam_beta1: float = 0.9  # Adam's first-moment decay; 0 = no momentum
     batch_size: int = 256  # expected shoppers per step
     train_negatives: int = 1
     max_interactions: int = 20
@@ -160,32 +161,59 @@ def steps_per_epoch(num_shoppers: int, batch_size: int) -> int:
     return max(1, round(num_shoppers / batch_size))
 
 
+MAX_NOISE_MULTIPLIER = 1e6  # beyond this no useful training is possible: the budget is too small
+
+
 def calibrate_noise(
-    *, epsilon: float, delta: float, sample_rate: float, steps: int, accountant: AccountantKind = "rdp"
+    *, epsilon: float, delta: float, sample_rate: float, steps: int, accountant: AccountantKind = "rdp",
+    tolerance: float = 0.005,
 ) -> float:
-    """The smallest noise multiplier (to Opacus' tolerance) for which ``steps`` Poisson-subsampled
-    Gaussian steps at ``sample_rate`` spend at most ``epsilon`` at ``delta``."""
-    from opacus.accountants.utils import get_noise_multiplier
+    """The smallest noise multiplier (within ``tolerance`` in ε) for which ``steps`` Poisson-subsampled
+    Gaussian steps at ``sample_rate`` spend at most ``epsilon`` at ``delta``.
+
+    Bisection on σ between a bracket found by doubling and halving from σ = 1, so the accountant is
+    never asked about noise far below the answer (where it is slowest). The σ returned always
+    satisfies ε(σ) <= ``epsilon`` by the accountant."""
+    from crossrec_core.privacy import epsilon_of
 
     if steps < 1:
         raise PrivacyError(f"a DP plan needs at least one step, got {steps}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return float(
-                get_noise_multiplier(
-                    target_epsilon=epsilon,
-                    target_delta=delta,
-                    sample_rate=sample_rate,
-                    steps=steps,
-                    accountant=accountant,
-                    epsilon_tolerance=0.005,
-                )
+    if not (epsilon > 0 and 0 < delta < 1 and 0 < sample_rate <= 1):
+        raise PrivacyError(f"cannot plan DP with ε = {epsilon}, δ = {delta}, sample rate {sample_rate}")
+
+    def eps(sigma: float) -> float:
+        return epsilon_of([(sigma, sample_rate, steps)], delta, accountant)
+
+    # ε falls as σ grows, roughly as a power of σ. Find a bracket [low, high] with
+    # ε(low) > epsilon >= ε(high), stepping down by log-log extrapolation so the accountant is
+    # seldom asked about noise far below the answer (where it is slowest).
+    high, eps_high = 1.0, eps(1.0)
+    while eps_high > epsilon:
+        high *= 2.0
+        if high > MAX_NOISE_MULTIPLIER:
+            raise PrivacyError(
+                f"cannot meet ε = {epsilon} at δ = {delta} with {steps} steps at sample rate {sample_rate:.4g}: "
+                f"even noise multiplier {MAX_NOISE_MULTIPLIER:g} spends more (the budget is too small for any "
+                "useful noise level; raise epsilon-budget or plan fewer steps)"
             )
-    except ValueError as exc:
-        raise PrivacyError(
-            f"cannot meet ε = {epsilon} at δ = {delta} with {steps} steps at sample rate {sample_rate:.4g}: {exc}"
-        ) from None
+        eps_high = eps(high)
+    other, eps_other = high * 2.0, eps(high * 2.0)
+    while True:
+        slope = math.log(max(eps_high, 1e-300) / max(eps_other, 1e-300)) / math.log(other / high)
+        guess = high * (eps_high / epsilon) ** (1.0 / max(slope, 0.5))
+        low = min(guess * 0.97, high * 0.999)
+        eps_low = eps(low)
+        if eps_low > epsilon:
+            break
+        other, eps_other, high, eps_high = high, eps_high, low, eps_low
+    while epsilon - eps_high > tolerance and high - low > 1e-6 * high:
+        mid = (low + high) / 2.0
+        e = eps(mid)
+        if e <= epsilon:
+            high, eps_high = mid, e
+        else:
+            low = mid
+    return float(high)
 
 
 def make_accountant(kind: AccountantKind, state: dict[str, Any] | None = None):
@@ -243,7 +271,7 @@ def train(
     if dp is not None and any(isinstance(m, nn.Embedding) and m.sparse for m in model.modules()):
         raise TrainingError("DP training needs a model with dense tables (sparse=False)")
     criterion = ShopperLoss(settings.loss, settings.l2)
-    optimizer = _optimizer(model, settings.learning_rate)
+    optimizer = _optimizer(model, settings.learning_rate, settings.adam_beta1)
     torch_gen = torch.Generator().manual_seed(int(derive_rng(seed, *(d.silo for d in datas), "train").integers(2**62)))
     if dp is not None:
         return _train_dp(model, datas[0], criterion, optimizer, settings, epochs, dp, accountant_state_in, torch_gen, on_epoch_end, progress)
@@ -265,15 +293,15 @@ class _Optimizers:
             p.step()
 
 
-def _optimizer(model: nn.Module, lr: float):
+def _optimizer(model: nn.Module, lr: float, beta1: float = 0.9):
     sparse = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse and m.weight.requires_grad]
     ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     parts = []
     if dense:
-        parts.append(torch.optim.Adam(dense, lr=lr))
+        parts.append(torch.optim.Adam(dense, lr=lr, betas=(beta1, 0.999)))
     if sparse:
-        parts.append(torch.optim.SparseAdam(sparse, lr=lr))
+        parts.append(torch.optim.SparseAdam(sparse, lr=lr, betas=(beta1, 0.999)))
     if not parts:
         raise TrainingError("the model has no trainable parameters")
     return parts[0] if len(parts) == 1 and not sparse else _Optimizers(parts)

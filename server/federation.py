@@ -23,6 +23,8 @@ from client import records as R
 from crossrec_core.aggregation import SiloUpdate, aggregate
 from crossrec_core.config import RunConfig
 from crossrec_core.errors import CrossrecError
+from crossrec_core.privacy import PrivacyLedger
+from crossrec_core.privacy_report import write_ledger_report
 from crossrec_core.reporting import code_version, write_json
 from crossrec_core.scenario import ALL, COLD
 from crossrec_core.silo import initial_shared
@@ -44,6 +46,8 @@ class Federation:
         self.grid, self.config, self.run_dir = grid, config, run_dir
         self.silos: dict[int, dict[str, Any]] = {}  # node id -> what the silo said at setup
         self.epsilon: dict[str, list[float]] = {}  # silo -> ε after each of its training calls
+        self.ledgers: dict[str, PrivacyLedger] = {}  # silo -> its latest privacy ledger
+        self.setup_refusals: list[str] = []
 
     # ---- helpers --------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -82,14 +86,40 @@ class Federation:
                 self._log({"phase": "setup", "node": node, "status": "failed", "reason": reason})
                 continue
             info = dict(reply.content[R.SILO])
+            if str(info.get("status", R.STATUS_OK)) == R.STATUS_REFUSED:
+                reason = str(info.get("reason", ""))
+                logger.warning("silo %s refused the run at setup: %s", info.get("name"), reason)
+                self.setup_refusals.append(f"{info.get('name')}: {reason}")
+                self._log({"phase": "setup", "node": node, "status": "refused", "silo": info.get("name"), "reason": reason})
+                continue
             info["plan"] = json.loads(str(info.get("plan", "{}")))
+            self._keep_ledger(info.pop("ledger", None))
             self.silos[node] = info
             self._log({"phase": "setup", "node": node, "status": "ok", **info})
         names = [s["name"] for s in self.silos.values()]
         if len(set(names)) != len(names):
             raise FederationError(f"two nodes claim the same silo: {sorted(names)}")
         if len(self.silos) < self.config.min_silos:
-            raise FederationError(f"only {len(self.silos)} silo(s) answered setup; min-silos is {self.config.min_silos}")
+            refused = f"; refused: {'; '.join(self.setup_refusals)}" if self.setup_refusals else ""
+            raise FederationError(
+                f"only {len(self.silos)} silo(s) answered setup; min-silos is {self.config.min_silos}{refused}")
+
+    def _keep_ledger(self, ledger_json: Any) -> None:
+        """Keep the latest privacy ledger a silo reported (JSON text in its reply)."""
+        if not ledger_json:
+            return
+        data = json.loads(str(ledger_json))
+        if data:
+            ledger = PrivacyLedger.from_dict(data)
+            self.ledgers[ledger.silo] = ledger
+
+    def write_privacy_report(self, note: str = "") -> None:
+        notes = [note] if note else []
+        if self.config.dp and not self.ledgers:
+            notes.append("no silo reported a privacy ledger (the run stopped before any silo planned its DP work)")
+        write_ledger_report(self.run_dir, [self.ledgers[k] for k in sorted(self.ledgers)], dp=self.config.dp,
+                            delta=self.config.delta, accountant=self.config.accountant,
+                            source=self.run_dir.name, extra_notes=notes)
 
     def train_round(self, global_state: dict[str, np.ndarray], round_number: int, phase: str,
                     nodes: Iterable[int], epochs: float, final: bool) -> tuple[dict[int, tuple[Message, SiloUpdate]], dict[str, Any]]:
@@ -111,6 +141,7 @@ class Federation:
                 self._log({"round": round_number, "phase": phase, "silo": name, "status": "failed", "reason": reason})
                 continue
             silo = reply.content[R.SILO]
+            self._keep_ledger(silo.get("ledger"))
             if str(silo["status"]) == R.STATUS_REFUSED:
                 summary["refused"].append(name)
                 self._log({"round": round_number, "phase": phase, "silo": name, "status": "refused", "reason": str(silo["reason"])})
@@ -185,13 +216,20 @@ class Federation:
                 "epsilon_by_silo": {name: eps[-1] for name, eps in sorted(self.epsilon.items())},
                 "epsilon_history": self.epsilon,
                 "plans": {s["name"]: s["plan"] for s in self.silos.values()},
+                "privacy": {name: ledger.summary() for name, ledger in sorted(self.ledgers.items())},
                 "wall_seconds": round(time.perf_counter() - start, 2),
             }
             write_json(self.run_dir / RESULT_FILE, result)
+            self.write_privacy_report()
             write_json(self.run_dir / STATUS_FILE, {"status": "completed", "wall_seconds": result["wall_seconds"]})
             return result
         except Exception as exc:
-            write_json(self.run_dir / STATUS_FILE, {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"})
+            reason = f"{type(exc).__name__}: {exc}"
+            try:
+                self.write_privacy_report(f"the run failed ({reason}); the figures cover the steps taken until then")
+            except Exception as report_exc:  # the failure being reported matters more
+                logger.error("could not write the privacy report: %s", report_exc)
+            write_json(self.run_dir / STATUS_FILE, {"status": "failed", "reason": reason})
             raise
 
 

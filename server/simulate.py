@@ -31,6 +31,7 @@ from crossrec_core.config import PROJECT_ROOT, RunConfig, load_config, parse_ove
 from crossrec_core.errors import ConfigError, CrossrecError
 from crossrec_core.reporting import code_version, comparison_markdown, new_run_dir, write_atomic, write_json
 from crossrec_core.scenario import build_scenario, resolve_data_dir
+from crossrec_core.silo import check_privacy_plans
 from server.federation import RESULT_FILE, ROUNDS_FILE, STATUS_FILE
 
 logger = logging.getLogger("crossrec")
@@ -250,6 +251,9 @@ def _main(args: argparse.Namespace) -> int:
             raise ConfigError("bad --variants:", [f"{sorted(unknown) or 'none'}: choose from {sorted(VARIANTS)}"])
         scenario = build_scenario(config)  # validates every silo file before any run starts
         scenario.negatives(config.target)  # and that the target's catalogue can give them
+        if config.dp and "dp" in variants:
+            logger.info("checking every silo's privacy plan ...")
+            check_privacy_plans(config, scenario)  # an impossible budget fails here, before any training
         output = Path(config.output_dir)
         try:
             top = new_run_dir(output if output.is_absolute() else PROJECT_ROOT / output, "run")

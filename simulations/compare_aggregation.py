@@ -41,7 +41,7 @@ def run(config) -> list[tuple[str, dict[str, float]]]:
         updates = []
         for s, view in views.items():
             res = train_round(view, shared, private[s], accountant[s], epochs=config.local_epochs, round_number=r, phase=PRETRAIN)
-            private[s], accountant[s] = res.private, res.accountant_state
+            private[s], accountant[s] = res.private, res.ledger
             updates.append(res.update)
         shared = aggregate(shared, updates, rule=config.aggregation)
         target = next(v for v in views.values() if v.is_target)
@@ -51,7 +51,7 @@ def run(config) -> list[tuple[str, dict[str, float]]]:
     for e in range(1, int(config.finetune_epochs) + 1):
         res = train_round(target, tuned, priv, acc, epochs=1.0, round_number=e, phase=FINETUNE)
         tuned = apply_update(tuned, res.update)
-        priv, acc = res.private, res.accountant_state
+        priv, acc = res.private, res.ledger
         history.append((f"fine-tune {e}", validation(target, tuned, priv)))
     return history
 

@@ -25,6 +25,7 @@ PYPROJECT_DEFAULTS = {
     "loss": "bpr",
     "train-negatives": 1,
     "learning-rate": 0.005,
+    "adam-beta1": 0.9,
     "l2": 0.01,
     "batch-size": 256,
     "dp-batch-size": 1024,

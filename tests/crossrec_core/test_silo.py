@@ -12,6 +12,7 @@ from crossrec_core.silo import (
     initial_shared,
     load_view,
     merchant_of,
+    check_privacy_plans,
     plan_privacy,
     train_round,
 )
@@ -98,13 +99,27 @@ def test_a_silo_never_spends_beyond_its_budget(small_config):
     view = load_view(config, "Beauty")  # a source silo: its plan is exactly the 2 pre-training rounds
     plan = plan_privacy(view)
     assert plan.planned_steps == 2 * plan.steps_per_round and plan.finetune_steps == 0
-    shared, state, spent = initial_shared(config), None, []
+    shared, ledger, spent = initial_shared(config), None, []
     private = None
     for r in (1, 2):
-        result = train_round(view, shared, private, state, epochs=1.0, round_number=r, phase="pretrain")
-        state, private = result.accountant_state, result.private
+        result = train_round(view, shared, private, ledger, epochs=1.0, round_number=r, phase="pretrain")
+        ledger, private = result.ledger, result.private
         spent.append(result.metrics["epsilon"])
+        assert result.metrics["epsilon-remaining"] == pytest.approx(2.0 - spent[-1])
     assert spent[0] < spent[1] <= 2.0
     assert spent[1] == pytest.approx(2.0, abs=0.02)
-    with pytest.raises(PrivacyError, match="refusing"):
-        train_round(view, shared, private, state, epochs=1.0, round_number=3, phase="pretrain")
+    assert [e["round"] for e in ledger.entries] == [1, 2] and ledger.steps == plan.planned_steps
+    # the third round, and even one more step, would exceed the budget: refused and recorded
+    for epochs in (1.0, 1.0 / plan.steps_per_round):
+        with pytest.raises(PrivacyError, match="refusing"):
+            train_round(view, shared, private, ledger, epochs=epochs, round_number=3, phase="pretrain")
+    assert len(ledger.refusals) == 2 and ledger.spent == spent[1] <= 2.0
+    assert all(r["projected_epsilon"] > 2.0 for r in ledger.refusals)
+
+
+def test_an_impossible_plan_names_every_silo_before_training(small_config):
+    config = small_config.replace(**{"dp": True, "epsilon-budget": 1e-4, "delta": 1e-12})
+    with pytest.raises(PrivacyError, match=r"(?s)nothing was trained.*Beauty.*Toys.*too small"):
+        check_privacy_plans(config, build_scenario(config))
+    plans = check_privacy_plans(small_config.replace(dp=True), build_scenario(small_config))
+    assert set(plans) == set(small_config.silo_names)

@@ -1,0 +1,216 @@
+"""The privacy report of a run folder: ``privacy_report.json``, ``privacy_report.md`` and
+``privacy_budget.png``. Re-rendered from a folder's JSON (every ε recomputed by the accountant):
+
+    python -m crossrec_core.privacy_report RUN_FOLDER
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from crossrec_core.errors import CrossrecError
+from crossrec_core.privacy import PRIVACY_UNIT, PrivacyLedger, federation_figure
+from crossrec_core.reporting import write_atomic, write_json
+
+REPORT_JSON = "privacy_report.json"
+REPORT_MD = "privacy_report.md"
+REPORT_PNG = "privacy_budget.png"
+
+ASSUMPTION = (
+    "A shopper's interactions in each silo enter that silo's DP steps; silos draw their noise "
+    "independently, so for a shopper present in several silos the privacy losses of all those silos' "
+    "steps compose (adaptive composition over every round and phase). Merchants of one category do "
+    "not share shoppers, so a shopper is in at most one merchant per category."
+)
+
+PROTECTED = [
+    "Privacy unit: the shopper. Each silo's ε bounds what its releases (the shared-table updates it "
+    "sends every round) reveal about all of one shopper's interactions in that silo together, not only "
+    "a single click. Training uses at most `max interactions` of each shopper's most recent interactions "
+    "(older ones are not used at all).",
+    "What the server sees: each round, every silo's update of the shared shopper and item tables. With "
+    "DP, noise is added to every row of both tables, so the update is covered by ε and does not reveal "
+    "which rows (which shoppers) the silo has. The silo-private head and item biases never leave the "
+    "silo (they are trained with the same noisy steps).",
+    "Not covered by ε: the metrics each silo sends with its update (training loss, validation "
+    "NDCG@10 on its own shoppers, its number of shoppers and interactions, timings) and the target's "
+    "test metrics at the end are exact aggregates over the silo's data. They are counts and means over "
+    "thousands of shoppers, but a deployment that must protect them too should drop or noise them.",
+    "Keyed hashing: raw shopper and item ids never leave a silo; table rows come from an HMAC under a "
+    "federation key that the silos hold and the server does not. The hashing hides ids from the server "
+    "but is not a privacy guarantee against a party that holds the key; the DP guarantee does not rely on it.",
+    "Evaluation data: each shopper's validation and test items are held out of training, and cold-start "
+    "shoppers' target interactions are held out entirely; they are only used to compute the metrics above.",
+    "Without DP (a `dp = false` run, and the centralized baselines), there is no differential-privacy "
+    "guarantee at all (ε = ∞): updates can reveal individual shoppers' interactions.",
+]
+
+
+def build_report(ledgers: Sequence[PrivacyLedger], *, dp: bool, delta: float, accountant: str,
+                 source: str = "", extra_notes: Sequence[str] = ()) -> dict[str, Any]:
+    """The report's content; every ε in it comes from the accountant over the ledgers' steps."""
+    ledgers = [ledger.recomputed() for ledger in ledgers]
+    summaries = [ledger.summary() for ledger in ledgers]
+    return {
+        "dp": dp,
+        "privacy_unit": PRIVACY_UNIT,
+        "delta": delta,
+        "accountant": accountant,
+        "source": source,
+        "summary": summaries,
+        "budgets_respected": all(s["epsilon_spent"] <= s["epsilon_budget"] + 1e-9 for s in summaries),
+        "federation": federation_figure(ledgers, delta, accountant) if dp and ledgers else None,
+        "federation_assumption": ASSUMPTION,
+        "refusals": [{"silo": ledger.silo, **r} for ledger in ledgers for r in ledger.refusals],
+        "notes": list(extra_notes) + PROTECTED,
+        "silos": [ledger.as_dict() for ledger in ledgers],
+    }
+
+
+def _fmt(value: float) -> str:
+    return "∞" if value == float("inf") else f"{value:.3f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = ["# Privacy report", ""]
+    if report.get("source"):
+        lines += [f"Source: `{report['source']}`", ""]
+    if not report["dp"]:
+        lines += ["**DP is off for this run: there is no differential-privacy guarantee (ε = ∞).**", ""]
+    else:
+        lines += [
+            f"Per silo, privacy unit **{report['privacy_unit']}**, accountant `{report['accountant']}`. "
+            f"Every budget respected: **{'yes' if report['budgets_respected'] else 'NO'}**.",
+            "",
+            "| silo | unit | max interactions | noise multiplier | sample rate | steps (taken / planned) "
+            "| clipping norm | δ | accountant | ε spent | ε budget | ε remaining | refusals |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for s in report["summary"]:
+            lines.append(
+                f"| {s['silo']} | {s['privacy_unit']} | {s['max_interactions_per_shopper']} | {s['noise_multiplier']:.4f} "
+                f"| {s['sample_rate']:.5f} | {s['steps']} / {s['planned_steps']} | {s['max_grad_norm']:g} | {s['delta']:g} "
+                f"| {s['accountant']} | {_fmt(s['epsilon_spent'])} | {s['epsilon_budget']:g} | {_fmt(s['epsilon_remaining'])} "
+                f"| {s['refusals']} |"
+            )
+        fed = report.get("federation")
+        if fed:
+            lines += [
+                "",
+                "## Federation-wide: one shopper in several silos",
+                "",
+                f"Worst case, a shopper in every silo: **ε = {_fmt(fed['all_silos']['epsilon'])}** at δ = {fed['delta']:g} "
+                f"({fed['all_silos']['method']}).",
+                "",
+                "| silos the shopper is in | worst-case ε | method | worst silos |",
+                "|---|---|---|---|",
+            ]
+            for k, v in fed["by_silo_count"].items():
+                lines.append(f"| {k} | {_fmt(v['epsilon'])} | {v['method']} | {', '.join(v['worst_silos'])} |")
+            lines += ["", f"Assumption: {report['federation_assumption']}"]
+        if report["refusals"]:
+            lines += ["", "## Refused work", ""]
+            for r in report["refusals"]:
+                lines.append(f"- {r['silo']}: {r['phase']} {r['round']}, {r['steps']} steps would have reached "
+                             f"ε = {r['projected_epsilon']:.3f}; refused (spent {r['spent']:.3f}).")
+        lines += ["", "## Steps per silo", ""]
+        for ledger in report["silos"]:
+            steps = "; ".join(f"{e['phase']} {e['round']}: {e['steps']} steps, ε → {_fmt(e['epsilon'])}" for e in ledger["entries"])
+            lines.append(f"- {ledger['silo']}: {steps or 'no DP step taken'}")
+    lines += ["", "## What is and is not protected", ""]
+    lines += [f"- {n}" for n in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def render_plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
+    if not report["dp"] or not report["silos"]:
+        ax.text(0.5, 0.5, "DP off: no ε to plot (ε = ∞)" if not report["dp"] else "no DP step taken",
+                ha="center", va="center", fontsize=13)
+        ax.set_axis_off()
+    else:
+        labels: list[str] = []
+        for ledger in report["silos"]:
+            for e in ledger["entries"]:
+                label = f"{'ft' if e['phase'] == 'finetune' else 'r'}{e['round']}"
+                if label not in labels:
+                    labels.append(label)
+        labels.sort(key=lambda x: (x.startswith("ft"), int(x.lstrip("rft"))))
+        position = {label: i + 1 for i, label in enumerate(labels)}
+        cmap = plt.get_cmap("tab10" if len(report["silos"]) <= 10 else "tab20")
+        for i, ledger in enumerate(report["silos"]):
+            color = cmap(i % cmap.N)
+            xs = [0] + [position[f"{'ft' if e['phase'] == 'finetune' else 'r'}{e['round']}"] for e in ledger["entries"]]
+            ys = [0.0] + [e["epsilon"] for e in ledger["entries"]]
+            ax.plot(xs, ys, marker="o", color=color, label=f"{ledger['silo']} (budget {ledger['epsilon_budget']:g})")
+            ax.axhline(ledger["epsilon_budget"], color=color, linestyle="--", linewidth=1, alpha=0.8)
+        ax.set_xticks(range(len(labels) + 1), ["start"] + labels)
+        ax.set_xlabel("training call (r = federated round, ft = fine-tuning on the target)")
+        ax.set_ylabel(f"ε spent (δ per silo, {report['accountant']} accountant)")
+        ax.set_ylim(bottom=0)
+        ax.set_title("Privacy budget spent per silo (dashed: budget)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_report(folder: Path, report: dict[str, Any]) -> dict[str, Any]:
+    write_json(folder / REPORT_JSON, report)
+    write_atomic(folder / REPORT_MD, render_markdown(report))
+    render_plot(report, folder / REPORT_PNG)
+    return report
+
+
+def write_ledger_report(folder: Path, ledgers: Sequence[PrivacyLedger], *, dp: bool, delta: float, accountant: str,
+                        source: str = "", extra_notes: Sequence[str] = ()) -> dict[str, Any]:
+    return write_report(folder, build_report(ledgers, dp=dp, delta=delta, accountant=accountant, source=source,
+                                             extra_notes=extra_notes))
+
+
+def rerender(folder: Path) -> dict[str, Any]:
+    """Rebuild a folder's report from its ``privacy_report.json`` ledgers, recomputing every ε."""
+    path = folder / REPORT_JSON
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        ledgers = [PrivacyLedger.from_dict(s) for s in data["silos"]]
+        dp, delta, accountant = bool(data["dp"]), float(data["delta"]), str(data["accountant"])
+    except FileNotFoundError:
+        raise CrossrecError(f"{folder} has no {REPORT_JSON}; is it a crossrec run folder?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CrossrecError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    protected = set(PROTECTED)
+    extra = [n for n in data.get("notes", []) if n not in protected]
+    return write_ledger_report(folder, ledgers, dp=dp, delta=delta, accountant=accountant,
+                               source=str(data.get("source", "")), extra_notes=extra)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m crossrec_core.privacy_report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_folder", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        report = rerender(args.run_folder)
+    except CrossrecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(render_markdown(report))
+    print(f"written: {args.run_folder / REPORT_JSON}, {REPORT_MD}, {REPORT_PNG}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
