@@ -75,18 +75,21 @@ def _keep_ledger(context: Context, ledger: PrivacyLedger | None) -> None:
 def setup(msg: Message, context: Context) -> Message:
     """Say which silo this node is, its size, and (with DP) its privacy plan for the whole run; a
     plan that cannot meet the silo's budget is refused here, before any training."""
+    return Message(RecordDict({R.SILO: setup_info(context)}), reply_to=msg)
+
+
+def setup_info(context: Context) -> ConfigRecord:
+    """The setup reply's content: the silo's identity and size, and its plan or its refusal."""
     view = _view(context)
     try:
         ledger = _ledger(context, view)
     except PrivacyError as exc:
-        status = R.to_json_config(name=view.name, category=view.category, status=R.STATUS_REFUSED, reason=str(exc))
-        return Message(RecordDict({R.SILO: status}), reply_to=msg)
-    info = R.to_json_config(
+        return R.to_json_config(name=view.name, category=view.category, status=R.STATUS_REFUSED, reason=str(exc))
+    return R.to_json_config(
         name=view.name, category=view.category, status=R.STATUS_OK, shoppers=view.split.num_users,
         train_interactions=len(view.split.train_user), plan=ledger.summary() if ledger else {},
         ledger=ledger.as_dict() if ledger else {},
     )
-    return Message(RecordDict({R.SILO: info}), reply_to=msg)
 
 
 @app.train()

@@ -181,21 +181,54 @@ def write_ledger_report(folder: Path, ledgers: Sequence[PrivacyLedger], *, dp: b
                                              extra_notes=extra_notes))
 
 
-def rerender(folder: Path) -> dict[str, Any]:
-    """Rebuild a folder's report from its ``privacy_report.json`` ledgers, recomputing every ε."""
+def read_report(folder: Path) -> tuple[dict[str, Any], list[PrivacyLedger]]:
+    """A folder's ``privacy_report.json`` and its ledgers; CrossrecError if missing or unreadable."""
     path = folder / REPORT_JSON
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         ledgers = [PrivacyLedger.from_dict(s) for s in data["silos"]]
-        dp, delta, accountant = bool(data["dp"]), float(data["delta"]), str(data["accountant"])
+        data["dp"], data["delta"], data["accountant"] = bool(data["dp"]), float(data["delta"]), str(data["accountant"])
     except FileNotFoundError:
         raise CrossrecError(f"{folder} has no {REPORT_JSON}; is it a crossrec run folder?") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CrossrecError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    return data, ledgers
+
+
+def rerender(folder: Path) -> dict[str, Any]:
+    """Rebuild a folder's report from its ``privacy_report.json`` ledgers, recomputing every ε."""
+    data, ledgers = read_report(folder)
     protected = set(PROTECTED)
     extra = [n for n in data.get("notes", []) if n not in protected]
-    return write_ledger_report(folder, ledgers, dp=dp, delta=delta, accountant=accountant,
+    return write_ledger_report(folder, ledgers, dp=data["dp"], delta=data["delta"], accountant=data["accountant"],
                                source=str(data.get("source", "")), extra_notes=extra)
+
+
+def write_run_report(top: Path, federated: dict[str, Path], *, delta: float, accountant: str,
+                     baselines: bool) -> dict[str, Any]:
+    """The report of a main-job run folder, from its federated runs' reports.
+
+    The DP run's ledgers carry the figures; every run without DP is named as giving no guarantee.
+    """
+    notes: list[str] = []
+    ledgers: list[PrivacyLedger] = []
+    source = ""
+    for name, folder in federated.items():
+        try:
+            data, found = read_report(folder)
+        except CrossrecError as exc:
+            notes.append(f"{name}: no privacy report could be read ({exc}); its steps are not in this report")
+            continue
+        if data["dp"]:
+            ledgers, source = found, name
+            notes.extend(n for n in data.get("notes", []) if n not in set(PROTECTED))
+        else:
+            notes.append(f"{name} ran without DP: its updates carry no differential-privacy guarantee (ε = ∞).")
+    if baselines:
+        notes.append("The centralized baselines (popularity, target-only, pooled) pool data in one place "
+                     "without DP: they are reference points, not something to deploy under this report.")
+    return write_ledger_report(top, ledgers, dp=bool(source), delta=delta, accountant=accountant,
+                               source=source, extra_notes=notes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

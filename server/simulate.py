@@ -29,6 +29,7 @@ from typing import Any
 from crossrec_core.baselines import run_baselines
 from crossrec_core.config import PROJECT_ROOT, RunConfig, load_config, parse_override
 from crossrec_core.errors import ConfigError, CrossrecError
+from crossrec_core.privacy_report import write_run_report
 from crossrec_core.reporting import code_version, comparison_markdown, new_run_dir, write_atomic, write_json
 from crossrec_core.scenario import build_scenario, resolve_data_dir
 from crossrec_core.silo import check_privacy_plans
@@ -290,6 +291,8 @@ def _main(args: argparse.Namespace) -> int:
                 label = "federated (DP)" if VARIANTS[variant] else "federated (no DP)"
                 rows.extend(federated_rows(results[variant], label))
         rows.extend(pooled)
+        write_run_report(top, {f"federated-{v}": top / f"federated-{v}" for v in variants}, delta=config.delta,
+                         accountant=config.accountant, baselines=not args.no_baselines)
         seconds = time.perf_counter() - start
         markdown = write_comparison(top, config, scenario, rows, results, details, seconds)
     except CrossrecError as exc:
@@ -300,6 +303,7 @@ def _main(args: argparse.Namespace) -> int:
         return 130
     print(markdown)
     print(f"wall time: {seconds:.1f} s")
+    print(f"privacy report: {top / 'privacy_report.md'}")
     print(f"run folder: {top}")
     if failures:
         print("FAILED: " + "; ".join(failures), file=sys.stderr)

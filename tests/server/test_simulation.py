@@ -46,6 +46,19 @@ def test_two_silos_two_rounds_without_and_with_dp(data_slice, tmp_path, monkeypa
     assert history["Beauty"][0] < history["Beauty"][1] <= 8.0  # ε grew every round
     assert history["Toys"][0] < history["Toys"][1] < history["Toys"][2] <= 8.0  # + fine-tuning
     assert result["epsilon_by_silo"]["Toys"] == pytest.approx(8.0, abs=0.05)
+    # every run folder carries the privacy report; the top one takes its figures from the DP run
+    for folder in (top, top / "federated-dp", top / "federated-nodp"):
+        assert all((folder / name).stat().st_size > 0 for name in ("privacy_report.json", "privacy_report.md", "privacy_budget.png"))
+    assert json.loads((top / "federated-nodp" / "privacy_report.json").read_text())["dp"] is False
+    report = json.loads((top / "privacy_report.json").read_text())
+    assert report["dp"] and report["budgets_respected"] and report["source"] == "federated-dp"
+    spent = {s["silo"]: s["epsilon_spent"] for s in report["summary"]}
+    assert spent == pytest.approx(result["epsilon_by_silo"], abs=1e-6)
+    phases = {l["silo"]: [(e["phase"], e["round"]) for e in l["entries"]] for l in report["silos"]}
+    assert phases == {"Beauty": [("pretrain", 1), ("pretrain", 2)], "Toys": [("pretrain", 1), ("pretrain", 2), ("finetune", 1)]}
+    assert report["federation"]["all_silos"]["epsilon"] > max(spent.values())
+    assert any("federated-nodp ran without DP" in n for n in report["notes"])
+    assert "privacy report:" in out
     comparison = json.loads((top / "comparison.json").read_text())
     assert {r["method"] for r in comparison["rows"]} == {"popularity", "target-only", "pooled", "federated (no DP)", "federated (DP)"}
     # everything started was stopped: the SuperLink's process group is gone
