@@ -156,7 +156,7 @@ def render_plot(report: dict[str, Any], path: Path) -> None:
             ax.axhline(ledger["epsilon_budget"], color=color, linestyle="--", linewidth=1, alpha=0.8)
         ax.set_xticks(range(len(labels) + 1), ["start"] + labels)
         ax.set_xlabel("training call (r = federated round, ft = fine-tuning on the target)")
-        ax.set_ylabel(f"ε spent (δ per silo, {report['accountant']} accountant)")
+        ax.set_ylabel(f"ε spent (δ = {report['delta']:g}, {report['accountant']} accountant)")
         ax.set_ylim(bottom=0)
         ax.set_title("Privacy budget spent per silo (dashed: budget)")
         ax.grid(alpha=0.3)
