@@ -42,6 +42,7 @@ _positive = _finite(_check(lambda v: v > 0, "must be > 0"))
 _non_negative = _finite(_check(lambda v: v >= 0, "must be >= 0"))
 _fraction = _check(lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
 _open_fraction = _check(lambda v: 0.0 < v < 1.0, "must be strictly between 0 and 1")
+_beta = _check(lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
 _non_empty = _check(lambda v: bool(str(v).strip()), "must not be empty")
 
 
@@ -69,7 +70,8 @@ class RunConfig:
     loss: str = _key("loss", str, _check(lambda v: v in LOSSES, f"must be one of {LOSSES}"))
     train_negatives: int = _key("train-negatives", int, _positive)
     learning_rate: float = _key("learning-rate", float, _positive)
-    adam_beta1: float = _key("adam-beta1", float, _check(lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"))
+    adam_beta1: float = _key("adam-beta1", float, _beta)
+    dp_adam_beta1: float = _key("dp-adam-beta1", float, _beta)
     l2: float = _key("l2", float, _non_negative)
     batch_size: int = _key("batch-size", int, _positive)
     dp_batch_size: int = _key("dp-batch-size", int, _positive)

@@ -133,12 +133,13 @@ def load_view(config: RunConfig, silo: str) -> SiloView:
 
 
 def train_settings(config: RunConfig, *, dp: bool = False) -> TrainSettings:
-    """Optimisation settings; with DP the expected batch is ``dp-batch-size`` shoppers."""
+    """Optimisation settings; with DP the expected batch is ``dp-batch-size`` shoppers and Adam's
+    momentum is ``dp-adam-beta1``."""
     return TrainSettings(
         loss=config.loss,  # type: ignore[arg-type]
         l2=config.l2,
         learning_rate=config.learning_rate,
-        adam_beta1=config.adam_beta1,
+        adam_beta1=config.dp_adam_beta1 if dp else config.adam_beta1,
         batch_size=config.dp_batch_size if dp else config.batch_size,
         train_negatives=config.train_negatives,
         max_interactions=config.max_interactions_per_shopper,

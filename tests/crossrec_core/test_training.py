@@ -101,3 +101,15 @@ def test_the_dp_code_path_learns_when_only_clipping_is_on(planted):
 def test_an_impossible_budget_fails_before_training():
     with pytest.raises(PrivacyError, match="cannot meet"):
         calibrate_noise(epsilon=1e-6, delta=1e-12, sample_rate=1.0, steps=100000)
+
+
+def test_adam_beta1_reaches_the_optimizer_and_dp_has_its_own():
+    from crossrec_core.config import load_config
+    from crossrec_core.silo import train_settings
+    from crossrec_core.training import _optimizer
+
+    config = load_config({"adam-beta1": 0.0, "dp-adam-beta1": 0.8})
+    assert train_settings(config).adam_beta1 == 0.0 and train_settings(config, dp=True).adam_beta1 == 0.8
+    model = torch.nn.Sequential(torch.nn.Embedding(4, 2, sparse=True), torch.nn.Linear(2, 1))
+    opt = _optimizer(model, 0.01, 0.3)
+    assert [g["betas"][0] for part in opt.parts for g in part.param_groups] == [0.3, 0.3]
