@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 from client import records as R
 from crossrec_core.aggregation import apply_update
 from crossrec_core.config import PROJECT_ROOT, RunConfig
-from crossrec_core.errors import PrivacyError
+from crossrec_core.errors import ConfigError, PrivacyError
 from crossrec_core.scenario import resolve_data_dir
 from crossrec_core.privacy import PrivacyLedger
 from crossrec_core.silo import evaluate_test, load_view, new_ledger, save_silo_model, train_round
@@ -34,21 +34,41 @@ NODE_OVERRIDES = ("data-dir", "epsilon-budget", "delta")
 
 
 def node_run_config(run_config, node_config) -> RunConfig:
-    """The run's config with this node's overrides (``NODE_OVERRIDES`` found in ``node_config``)."""
+    """The run's config with this node's overrides (``NODE_OVERRIDES`` found in ``node_config``).
+
+    A ``data-dir`` given by a node must be absolute: the ClientApp runs from the app bundle Flower
+    installed, not from the folder the SuperNode was started in."""
     mapping = dict(run_config)
     for key in NODE_OVERRIDES:
         if key in node_config:
             mapping[key] = node_config[key]
-    return resolve_data_dir(RunConfig.from_mapping(mapping), PROJECT_ROOT)
+    problems = []
+    if "data-dir" in node_config and not Path(str(node_config["data-dir"])).is_absolute():
+        problems.append(f"'data-dir' = {str(node_config['data-dir'])!r}: give the silo's data folder as an absolute path")
+    try:
+        config = RunConfig.from_mapping(mapping)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise ConfigError("invalid node config:", problems)
+    return resolve_data_dir(config, PROJECT_ROOT)
+
+
+def node_silo(config: RunConfig, node_config) -> str:
+    """This node's silo: ``node_config["silo"]`` (deployment) or the ``partition-id``-th node silo
+    of the run (simulation)."""
+    if "silo" in node_config:
+        return str(node_config["silo"])
+    if "partition-id" in node_config:
+        return config.node_silos[int(node_config["partition-id"])]
+    raise ConfigError("invalid node config:", [
+        f"'silo': missing; start the SuperNode with --node-config \"silo='<one of {', '.join(config.node_silos)}>' "
+        "data-dir='/absolute/path'\""])
 
 
 def _view(context: Context):
     config = node_run_config(context.run_config, context.node_config)
-    if "silo" in context.node_config:
-        silo = str(context.node_config["silo"])
-    else:
-        silo = config.node_silos[int(context.node_config["partition-id"])]
-    return load_view(config, silo)
+    return load_view(config, node_silo(config, context.node_config))
 
 
 def _private(context: Context):

@@ -80,15 +80,18 @@ class Scenario:
 def build_scenario(config: RunConfig, *, silos: tuple[str, ...] | None = None) -> Scenario:
     """Load, validate and split the configured silos (or ``silos``), and make the target data-poor.
 
-    The cold-start selection needs every silo's shopper ids, so it is made from all configured silos
-    even when ``silos`` names only some (a node builds only its own silo's split)."""
+    The cold-start selection needs every silo's shopper ids, so with ``cold-start-fraction`` > 0 it is
+    made from all configured silos even when ``silos`` names only some (a node builds only its own
+    silo's split, but the target's node then reads the source files too: an evaluation device for the
+    bundled data). With ``cold-start-fraction`` = 0 a node reads its own file only."""
     start = time.perf_counter()
     weights = config.event_weight_map
     wanted = silos or config.silo_names
-    names = config.silo_names if config.target in wanted else wanted
+    withholding = config.target in wanted and config.cold_start_fraction > 0
+    names = config.silo_names if withholding else wanted
     raw = {name: load_silo(silo_path(config.data_dir, name), name=name, event_weights=weights) for name in names}
     splits = {name: leave_one_out(data) for name, data in raw.items()}
-    if config.target in splits:
+    if withholding:
         sources: set[str] = set()
         for name in config.source_names:
             sources.update(splits[name].user_ids.tolist())

@@ -135,7 +135,8 @@ class Federation:
             name = self.silos[node]["name"]
             reply = replies.get(node)
             if reply is None or reply.has_error():
-                reason = "no reply before round-timeout" if reply is None else reply.error.reason
+                reason = ("no reply (the node went offline, or round-timeout passed)" if reply is None
+                          else reply.error.reason)
                 logger.warning("round %d: silo %s failed: %s", round_number, name, reason)
                 summary["failed"].append(name)
                 self._log({"round": round_number, "phase": phase, "silo": name, "status": "failed", "reason": reason})
@@ -231,6 +232,20 @@ class Federation:
                 logger.error("could not write the privacy report: %s", report_exc)
             write_json(self.run_dir / STATUS_FILE, {"status": "failed", "reason": reason})
             raise
+
+
+def finished_result(run_dir: Path) -> dict[str, Any]:
+    """The result of the federated run in ``run_dir`` if it completed; FederationError naming its
+    status and reason if not (``flwr run`` exits 0 even when the run failed)."""
+    status_path = run_dir / STATUS_FILE
+    try:
+        status = json.loads(status_path.read_text()) if status_path.exists() else {"status": "missing"}
+    except (OSError, ValueError) as exc:
+        status = {"status": "unreadable", "reason": str(exc)}
+    if status.get("status") != "completed":
+        raise FederationError(f"federated run {run_dir.name} did not complete (status {status.get('status')}: "
+                              f"{status.get('reason', 'no reason recorded')})")
+    return json.loads((run_dir / RESULT_FILE).read_text())
 
 
 def combine_test_metrics(parts: list[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +30,8 @@ from crossrec_core.privacy_report import write_run_report
 from crossrec_core.reporting import code_version, comparison_markdown, new_run_dir, write_atomic, write_json
 from crossrec_core.scenario import build_scenario, resolve_data_dir
 from crossrec_core.silo import check_privacy_plans
-from server.federation import RESULT_FILE, ROUNDS_FILE, STATUS_FILE
+from server.federation import finished_result
+from server.processes import config_args, executable, flower_env, free_port, stop_tree, wait_for_port
 
 logger = logging.getLogger("crossrec")
 
@@ -45,61 +43,11 @@ class SimulationError(CrossrecError):
     """A Flower run failed or did not finish."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _session_of(pid: int) -> int | None:
-    fields = _stat(pid)
-    return int(fields[3]) if fields else None
-
-
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid in _all_pids():
-        fields = _stat(pid)
-        if fields:
-            children.setdefault(int(fields[1]), []).append(pid)
-    found, stack = set(), [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _bin(name: str) -> str:
-    here = Path(sys.executable).parent / name
-    return str(here) if here.exists() else (shutil.which(name) or name)
-
-
 class SimulationLink:
     """A simulation SuperLink started as our child (own process group) and stopped by its PID."""
 
     def __init__(self, workdir: Path, log: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.home = workdir / "flwr-home"
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "config.toml").write_text(
@@ -107,93 +55,45 @@ class SimulationLink:
             f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
         )
         self.log = log
-        self.env = {
-            **os.environ,
-            # the SuperLink starts Flower's other executables (flower-superexec, ...) by name
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-            "FLWR_HOME": str(self.home),
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            # one ClientApp per CPU (client-resources-num-cpus=1): one math thread each, no oversubscription
-            "OMP_NUM_THREADS": "1",
-        }
+        # one ClientApp per CPU (client-resources-num-cpus=1): one math thread each, no oversubscription
+        self.env = flower_env(self.home, OMP_NUM_THREADS="1")
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "SimulationLink":
         cmd = [
-            _bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+            executable("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
             "--host", "127.0.0.1", "--port", str(self.port), "--database", str(self.home / "state.db"),
             "--disable-runtime-dependency-installation",
         ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SimulationError(f"flower-superlink exited with code {self.proc.returncode}; see {self.log}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return self
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise SimulationError(f"flower-superlink did not listen on port {self.port} within 60 s; see {self.log}")
+        try:
+            wait_for_port(self.port, self.proc, timeout=60, what="flower-superlink", log=self.log)
+        except RuntimeError as exc:
+            self.stop()
+            raise SimulationError(str(exc)) from None
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
     def stop(self) -> None:
-        """Stop the SuperLink and everything it started, by PID.
-
-        The SuperLink's helpers start their own sessions (SuperExec, the simulation, Ray's workers),
-        so the process tree is read from /proc first; then every process of the tree, or of a session
-        the tree opened, gets SIGTERM, and SIGKILL if it is still there."""
-        if self.proc is None:
-            return
-        tree = _descendants(self.proc.pid) | {self.proc.pid}
-        own_session = os.getsid(0)
-        sessions = {sid for sid in map(_session_of, tree) if sid is not None and sid != own_session}
-        for pid in tree:
-            _signal(pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-        time.sleep(1.0)
-        leftovers = {p for p in _all_pids() if p in tree or _session_of(p) in sessions}
-        leftovers.discard(os.getpid())
-        for pid in leftovers:
-            _signal(pid, signal.SIGKILL)
-        if self.proc.poll() is None:
-            self.proc.wait(timeout=5)
+        """Stop the SuperLink and everything it started, by PID (``processes.stop_tree``)."""
+        stop_tree(self.proc)
 
     def run(self, overrides: dict[str, Any], num_nodes: int, run_dir: Path, stream_to: Path) -> dict[str, Any]:
         """``flwr run`` this project with the overrides; wait for the run folder's final status."""
-        pairs = " ".join(f"{k}={_toml(v)}" for k, v in overrides.items())
         cmd = [
-            _bin("flwr"), "run", str(PROJECT_ROOT), CONNECTION,
+            executable("flwr"), "run", str(PROJECT_ROOT), CONNECTION,
             "--federation-config", f"num-supernodes={num_nodes} client-resources-num-cpus=1",
-            "--run-config", pairs, "--stream",
+            "--run-config", config_args(overrides), "--stream",
         ]
         with open(stream_to, "ab") as out:
             done = subprocess.run(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
-        status_path = run_dir / STATUS_FILE
-        status = json.loads(status_path.read_text()) if status_path.exists() else {"status": "missing"}
-        if status.get("status") != "completed":
-            raise SimulationError(
-                f"federated run {run_dir.name} did not complete (flwr run exit {done.returncode}, status "
-                f"{status.get('status')}: {status.get('reason', 'no reason recorded')}); see {stream_to}"
-            )
-        return json.loads((run_dir / RESULT_FILE).read_text())
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))  # a TOML basic string
+        try:
+            return finished_result(run_dir)
+        except CrossrecError as exc:
+            raise SimulationError(f"{exc} (flwr run exit {done.returncode}); see {stream_to}") from None
 
 
 def read_experiment(path: str | None) -> dict[str, Any]:
