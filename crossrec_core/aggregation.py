@@ -2,7 +2,7 @@
 
 Silos send, per shared tensor, the *deltas* of the rows they trained (their locally trained rows
 minus the global ones they received) and the indices of those rows; ``rows=None`` means every row
-(DP noise reaches every row, so a DP silo sends the whole tensor). Rules:
+(DP noise reaches every shopper row, so a DP silo sends the whole shopper table). Rules:
 
 - ``row-mean``: each row moves by the mean delta of the silos that trained it. A row only one silo
   trains gets that silo's full update (no dilution); a row several silos train gets their average.

@@ -34,9 +34,12 @@ PROTECTED = [
     "a single click. Training uses at most `max interactions` of each shopper's most recent interactions "
     "(older ones are not used at all).",
     "What the server sees: each round, every silo's update of the shared shopper and item tables. With "
-    "DP, noise is added to every row of both tables, so the update is covered by ε and does not reveal "
-    "which rows (which shoppers) the silo has. The silo-private head and item biases never leave the "
-    "silo (they are trained with the same noisy steps).",
+    "DP, noise is added to every row of the shopper table, so the update is covered by ε and does not "
+    "reveal which rows (which shoppers) the silo has. Of the item table a silo sends the rows of its "
+    "catalogue, every one noised: the server learns which item rows the silo has, i.e. its catalogue, "
+    "which is treated as public (a merchant's product list) and is not covered by ε. With the bundled "
+    "data a silo's catalogue is the set of items in its file. The silo-private head and item biases "
+    "never leave the silo (they are trained with the same noisy steps).",
     "Not covered by ε: the metrics each silo sends with its update (training loss, validation "
     "NDCG@10 on its own shoppers, its number of shoppers and interactions, timings) and the target's "
     "test metrics at the end are exact aggregates over the silo's data. They are counts and means over "

@@ -275,7 +275,7 @@ def train_round(
     phase: str,
 ) -> RoundResult:
     """Train the silo from the global shared tensors; return the update of the shared rows it trained
-    (every row with DP), the new private state, the accountant state and metrics (incl. validation NDCG@10 on own shoppers).
+    (every shopper row with DP), the new private state, the accountant state and metrics (incl. validation NDCG@10 on own shoppers).
 
     With DP, ``ledger`` (a new one if None) holds the silo's steps so far; the round refuses
     (PrivacyError, refusal recorded in the ledger) when its steps would take ε beyond the budget."""
@@ -305,10 +305,14 @@ def train_round(
                 f"{report.epsilon:.6f}; not sending this update"
             )
     new_shared, new_private = split_state(model.state_dict())
-    if config.dp:
-        trained = {SHOPPER_TABLE: None, ITEM_TABLE: None}  # noise reaches every row: all rows are sent
-    else:
-        trained = {SHOPPER_TABLE: _rows(data.user_rows.numpy()), ITEM_TABLE: _rows(view.catalogue_rows)}
+    # Item rows: the silo's catalogue (public: its product list), with or without DP. Shopper rows:
+    # without DP the rows its shoppers use; with DP every row, all noised, since a mask of the rows
+    # its shoppers use would reveal who they are. Rows outside what is sent are never used again
+    # here (evaluation scores catalogue items only), so dropping them is post-processing.
+    trained = {
+        SHOPPER_TABLE: None if config.dp else _rows(data.user_rows.numpy()),
+        ITEM_TABLE: _rows(view.catalogue_rows),
+    }
     deltas = {}
     for name in shared:
         rows = trained[name]

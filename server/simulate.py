@@ -12,7 +12,6 @@ comparison table. Exits non-zero when any run failed (``flwr run`` itself exits 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import subprocess

@@ -34,27 +34,39 @@ def tree_memory(root):
     sessions = {session[p] for p in tree if p in session} - {own}
     tree |= {p for p, s in session.items() if s in sessions}
     rss = pss = 0
+    by_process = []
     for pid in tree:
         try:
             with open(f"/proc/{pid}/smaps_rollup") as fh:
+                p_pss = 0
                 for line in fh:
                     if line.startswith("Rss:"):
                         rss += int(line.split()[1]) * 1024
                     elif line.startswith("Pss:"):
-                        pss += int(line.split()[1]) * 1024
+                        p_pss = int(line.split()[1]) * 1024
+                pss += p_pss
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+            by_process.append((p_pss, pid, cmd))
         except OSError:
             pass
-    return rss, pss
+    return rss, pss, sorted(by_process, reverse=True)
 
 start = time.time()
 proc = subprocess.Popen([sys.executable, "-m", "server.simulate", "--quiet", *sys.argv[1:]])
 peak_rss = peak_pss = 0
+at_peak = []
 while proc.poll() is None:
-    rss, pss = tree_memory(proc.pid)
+    rss, pss, by_process = tree_memory(proc.pid)
+    if pss > peak_pss:
+        at_peak = by_process
     peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
     time.sleep(0.5)
 print(f"exit {proc.returncode}; wall {time.time() - start:.1f} s; peak memory of all processes: "
       f"PSS {peak_pss / 1024**3:.2f} GB (RSS sum {peak_rss / 1024**3:.2f} GB)")
+print("largest processes at the PSS peak:")
+for p_pss, pid, cmd in at_peak[:6]:
+    print(f"  {p_pss / 1024**3:.2f} GB  {pid}  {cmd[:110]}")
 PYCODE
 run=$(grep -o 'run folder: .*' "$log" | tail -1 | cut -d' ' -f3)
 "$PY" - "$run" <<'PYCODE'

@@ -83,15 +83,20 @@ def test_a_round_sends_only_the_deltas_of_the_shared_rows_it_trained(small_confi
         assert np.abs(update.deltas[name]).sum() > 0
 
 
-def test_a_dp_round_sends_every_row(small_config):
+def test_a_dp_round_sends_every_shopper_row_and_the_catalogue_item_rows(small_config):
     config = small_config.replace(**{"dp": True, "epsilon-budget": 50.0})
     view = load_view(config, "Beauty")
     shared = initial_shared(config)
     result = train_round(view, shared, None, None, epochs=0.2, round_number=1, phase="pretrain")
-    for name in (SHOPPER_TABLE, ITEM_TABLE):
-        assert result.update.rows[name] is None and result.update.deltas[name].shape == shared[name].shape
-        # noise reaches rows no shopper of the silo uses
-        assert np.count_nonzero(np.abs(result.update.deltas[name]).sum(1)) == len(shared[name])
+    shopper = result.update.deltas[SHOPPER_TABLE]
+    assert result.update.rows[SHOPPER_TABLE] is None and shopper.shape == shared[SHOPPER_TABLE].shape
+    # noise reaches shopper rows no shopper of the silo uses: every row moved
+    assert np.count_nonzero(np.abs(shopper).sum(1)) == len(shared[SHOPPER_TABLE])
+    # item rows: exactly the catalogue's, each of them noised
+    catalogue = np.unique(view.catalogue_rows)
+    assert np.array_equal(result.update.rows[ITEM_TABLE], catalogue)
+    items = result.update.deltas[ITEM_TABLE]
+    assert items.shape == (len(catalogue), config.embedding_dim) and np.count_nonzero(np.abs(items).sum(1)) == len(catalogue)
 
 
 def test_a_silo_never_spends_beyond_its_budget(small_config):
