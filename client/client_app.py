@@ -28,9 +28,10 @@ logger = logging.getLogger(__name__)
 app = ClientApp()
 
 
-# run_config keys a SuperNode may set for its own silo through --node-config (each data owner sets
-# its own privacy budget and where its data is).
-NODE_OVERRIDES = ("data-dir", "epsilon-budget", "delta")
+# run_config keys a SuperNode may set for its own silo through --node-config: where its data is, its
+# own privacy budget, and the federation key (held by the silos, never by the operator: in a
+# deployment every silo sets the same key here and the run's own value is not used).
+NODE_OVERRIDES = ("data-dir", "epsilon-budget", "delta", "federation-key")
 
 
 def node_run_config(run_config, node_config) -> RunConfig:

@@ -58,3 +58,20 @@ def test_a_node_budget_override_is_the_one_its_ledger_plans_for(data_slice):
     from crossrec_core.privacy import PrivacyLedger
     full = PrivacyLedger.from_dict(ledger).epsilon(extra_steps=ledger["planned_steps"])
     assert 2.9 < full <= 3.0
+
+
+def test_a_node_sets_the_federation_key_and_a_relative_data_dir_is_refused(tmp_path, data_slice):
+    run_config = _run_config(data_slice)
+    config = client_app.node_run_config(run_config, {"federation-key": "silos-only-secret"})
+    assert config.federation_key == "silos-only-secret" != run_config["federation-key"]
+    with pytest.raises(ConfigError) as err:
+        client_app.node_run_config(run_config, {"data-dir": "data/amazon4", "epsilon-budget": 0})
+    assert "absolute path" in str(err.value) and "'epsilon-budget'" in str(err.value)  # both problems at once
+
+
+def test_a_deployed_node_without_a_silo_name_is_told_how_to_start(data_slice):
+    config = client_app.node_run_config(_run_config(data_slice), {})
+    assert client_app.node_silo(config, {"silo": "Toys"}) == "Toys"
+    assert client_app.node_silo(config, {"partition-id": 0}) == "Beauty"
+    with pytest.raises(ConfigError, match="--node-config"):
+        client_app.node_silo(config, {"data-dir": "/srv/data"})
