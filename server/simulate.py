@@ -45,7 +45,7 @@ class SimulationError(CrossrecError):
 class SimulationLink:
     """A simulation SuperLink started as our child (own process group) and stopped by its PID."""
 
-    def __init__(self, workdir: Path, log: Path) -> None:
+    def __init__(self, workdir: Path, log: Path, *, cpus_per_node: int = 1) -> None:
         self.port = free_port()
         self.home = workdir / "flwr-home"
         self.home.mkdir(parents=True, exist_ok=True)
@@ -54,8 +54,9 @@ class SimulationLink:
             f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
         )
         self.log = log
-        # one ClientApp per CPU (client-resources-num-cpus=1): one math thread each, no oversubscription
-        self.env = flower_env(self.home, OMP_NUM_THREADS="1")
+        # each simulated ClientApp gets cpus_per_node CPUs and as many math threads: no oversubscription
+        self.cpus_per_node = cpus_per_node
+        self.env = flower_env(self.home, OMP_NUM_THREADS=str(cpus_per_node))
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "SimulationLink":
@@ -84,7 +85,7 @@ class SimulationLink:
         """``flwr run`` this project with the overrides; wait for the run folder's final status."""
         cmd = [
             executable("flwr"), "run", str(PROJECT_ROOT), CONNECTION,
-            "--federation-config", f"num-supernodes={num_nodes} client-resources-num-cpus=1",
+            "--federation-config", f"num-supernodes={num_nodes} client-resources-num-cpus={self.cpus_per_node}",
             "--run-config", config_args(overrides), "--stream",
         ]
         with open(stream_to, "ab") as out:
@@ -127,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=None,
                         help="federated runs to do: nodp, dp or both (default: both, or nodp when dp=false)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the centralized baselines")
+    parser.add_argument("--cpus-per-node", type=int, default=1, metavar="N",
+                        help="CPUs (and math threads) per simulated ClientApp; ClientApps run side by side "
+                             "as the machine's CPUs allow (default 1)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
@@ -144,6 +148,8 @@ def _main(args: argparse.Namespace) -> int:
         overrides = read_experiment(args.experiment)
         overrides.update(dict(parse_override(o) for o in args.run_config))
         config = resolve_data_dir(load_config(overrides), PROJECT_ROOT)
+        if args.cpus_per_node < 1:
+            raise ConfigError("bad --cpus-per-node:", [f"{args.cpus_per_node}: must be at least 1"])
         chosen = args.variants or ("nodp,dp" if config.dp else "nodp")
         variants = list(dict.fromkeys(v.strip() for v in chosen.split(",") if v.strip()))
         unknown = set(variants) - set(VARIANTS)
@@ -173,7 +179,7 @@ def _main(args: argparse.Namespace) -> int:
             pooled = []
         results: dict[str, Any] = {}
         failures: list[str] = []
-        with tempfile.TemporaryDirectory(prefix="crossrec-flwr-") as tmp, SimulationLink(Path(tmp), top / "superlink.log") as link:
+        with tempfile.TemporaryDirectory(prefix="crossrec-flwr-") as tmp, SimulationLink(Path(tmp), top / "superlink.log", cpus_per_node=args.cpus_per_node) as link:
             for variant in variants:
                 run_dir = top / f"federated-{variant}"
                 run_dir.mkdir()
