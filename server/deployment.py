@@ -19,20 +19,13 @@ from crossrec_core.config import PROJECT_ROOT
 from crossrec_core.errors import CrossrecError
 from server.credentials import CA_CERT, SERVER_CERT, SERVER_KEY
 from server.federation import finished_result
-from server.processes import config_args, executable, flower_env, free_port, stop_tree, wait_for_port
+from server.processes import config_args, connection_toml, executable, flower_env, free_port, stop_tree, wait_for_port
 
 CONNECTION = "crossrec-deploy"  # the operator's flwr connection name
 
 
 class DeploymentError(CrossrecError):
     """A Flower process of the deployment did not start, or a deployed run did not complete."""
-
-
-def connection_toml(address: str, ca_cert: Path | None, name: str = CONNECTION) -> str:
-    """The ``$FLWR_HOME/config.toml`` that lets the ``flwr`` CLI reach the SuperLink (TLS verified
-    against ``ca_cert``; without one, insecure)."""
-    tls = f'root-certificates = "{ca_cert}"' if ca_cert is not None else "insecure = true"
-    return f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n{tls}\n'
 
 
 class Superlink:
@@ -47,7 +40,7 @@ class Superlink:
         self.auth = auth
         self.home = workdir / "operator-flwr-home"
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "config.toml").write_text(connection_toml(self.address, certificates / CA_CERT))
+        (self.home / "config.toml").write_text(connection_toml(CONNECTION, self.address, certificates / CA_CERT))
         self.log = workdir / "superlink.log"
         self.env = flower_env(self.home)
         self.proc: subprocess.Popen | None = None

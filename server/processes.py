@@ -124,6 +124,13 @@ def stop_tree(proc: subprocess.Popen | None, *, grace: float = 15.0, sig: int = 
         proc.wait(timeout=5)
 
 
+def connection_toml(name: str, address: str, ca_cert: Path | None) -> str:
+    """A ``$FLWR_HOME/config.toml`` whose default connection ``name`` lets the ``flwr`` CLI reach the
+    SuperLink at ``address`` (TLS verified against ``ca_cert``; without one, insecure)."""
+    tls = f'root-certificates = "{ca_cert}"' if ca_cert is not None else "insecure = true"
+    return f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n{tls}\n'
+
+
 def config_args(values: dict) -> str:
     """``key=value`` pairs as Flower's ``--run-config`` / ``--node-config`` read them (TOML values)."""
     import json

@@ -30,7 +30,7 @@ from crossrec_core.reporting import code_version, comparison_markdown, new_run_d
 from crossrec_core.scenario import build_scenario, resolve_data_dir
 from crossrec_core.silo import check_privacy_plans
 from server.federation import finished_result
-from server.processes import config_args, executable, flower_env, free_port, stop_tree, wait_for_port
+from server.processes import config_args, connection_toml, executable, flower_env, free_port, stop_tree, wait_for_port
 
 logger = logging.getLogger("crossrec")
 
@@ -49,10 +49,7 @@ class SimulationLink:
         self.port = free_port()
         self.home = workdir / "flwr-home"
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
-        )
+        (self.home / "config.toml").write_text(connection_toml(CONNECTION, f"127.0.0.1:{self.port}", None))
         self.log = log
         # each simulated ClientApp gets cpus_per_node CPUs and as many math threads: no oversubscription
         self.cpus_per_node = cpus_per_node
