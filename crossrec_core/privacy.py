@@ -161,28 +161,135 @@ class PrivacyLedger:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PrivacyLedger":
-        try:
-            ledger = cls(**{k: data[k] for k in (
-                "silo", "category", "epsilon_budget", "delta", "accountant", "max_grad_norm",
-                "max_interactions_per_shopper", "noise_multiplier", "sample_rate", "planned_steps")})
-        except KeyError as exc:
-            raise ValueError(f"privacy ledger lacks {exc}") from None
-        ledger.privacy_unit = str(data.get("privacy_unit", PRIVACY_UNIT))
-        ledger.entries = [dict(e) for e in data.get("entries", [])]
-        ledger.refusals = [dict(r) for r in data.get("refusals", [])]
-        for e in ledger.entries:
-            missing = {"phase", "round", "steps", "noise_multiplier", "sample_rate"} - set(e)
-            if missing:
-                raise ValueError(f"ledger entry of {ledger.silo} lacks {sorted(missing)}")
+        """A ledger from its JSON form; ValueError naming every field that is missing, of the wrong
+        type or out of range (a report must never be computed from values no DP run can have)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a privacy ledger must be an object, got {type(data).__name__}")
+        problems: list[str] = []
+        where = f"ledger of {data.get('silo')!r}" if isinstance(data.get("silo"), str) else "ledger"
+        fields = {
+            "silo": _text, "category": _text, "accountant": _choice(ACCOUNTANTS),
+            "epsilon_budget": _positive, "delta": _open_unit, "max_grad_norm": _positive,
+            "max_interactions_per_shopper": _count(1), "noise_multiplier": _positive,
+            "sample_rate": _rate, "planned_steps": _count(0),
+        }
+        values = {name: _field(data, name, check, where, problems) for name, check in fields.items()}
+        entries = _records(data, "entries", {"phase": _text, "round": _count(0), "steps": _count(0),
+                                             "noise_multiplier": _positive, "sample_rate": _rate}, where, problems)
+        refusals = _records(data, "refusals", {"phase": _text, "round": _count(0), "steps": _count(0),
+                                               "projected_epsilon": _non_negative, "spent": _non_negative},
+                            where, problems)
+        unit = data.get("privacy_unit", PRIVACY_UNIT)
+        if not isinstance(unit, str):
+            problems.append(f"{where}: privacy_unit must be text, got {unit!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        ledger = cls(**values)
+        ledger.privacy_unit = unit
+        ledger.entries, ledger.refusals = entries, refusals
         return ledger
 
     def recomputed(self) -> "PrivacyLedger":
         """A copy whose per-entry ε are recomputed by the accountant (e.g. when re-rendering a report
-        from its JSON: nothing stated is taken on trust)."""
+        from its JSON: nothing stated is taken on trust). With RDP the curve of each entry is computed
+        once and summed, so a ledger of n entries costs n RDP evaluations, not n^2."""
         copy = PrivacyLedger.from_dict(self.as_dict())
-        for i, e in enumerate(copy.entries):
-            e["epsilon"] = epsilon_of(copy.history[: i + 1], copy.delta, copy.accountant)
+        if copy.accountant == "rdp":
+            orders = _orders()
+            curve = np.zeros(len(orders))
+            for e in copy.entries:
+                curve = curve + rdp_curve([(e["noise_multiplier"], e["sample_rate"], e["steps"])], orders)
+                e["epsilon"] = epsilon_from_rdp(curve, orders, copy.delta) if curve.any() else 0.0
+        else:
+            for i, e in enumerate(copy.entries):
+                e["epsilon"] = epsilon_of(copy.history[: i + 1], copy.delta, copy.accountant)
         return copy
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float if it is a JSON number (not a bool, not text), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _positive(value: Any) -> float | None:
+    v = _number(value)
+    return v if v is not None and v > 0 else None
+
+
+def _non_negative(value: Any) -> float | None:
+    v = _number(value)
+    return v if v is not None and v >= 0 else None
+
+
+def _open_unit(value: Any) -> float | None:
+    v = _number(value)
+    return v if v is not None and 0 < v < 1 else None
+
+
+def _rate(value: Any) -> float | None:
+    v = _number(value)
+    return v if v is not None and 0 < v <= 1 else None
+
+
+def _count(low: int):
+    def check(value: Any) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None
+        return value if value >= low else None
+
+    check.__doc__ = f"an integer >= {low}"
+    return check
+
+
+def _choice(options: Sequence[str]):
+    def check(value: Any) -> str | None:
+        return value if value in options else None
+
+    check.__doc__ = "one of " + ", ".join(options)
+    return check
+
+
+_EXPECTED = {_text: "non-empty text", _positive: "a finite number > 0", _non_negative: "a finite number >= 0",
+             _open_unit: "a number strictly between 0 and 1", _rate: "a number in (0, 1]"}
+
+
+def _field(data: Mapping[str, Any], name: str, check, where: str, problems: list[str]) -> Any:
+    if name not in data:
+        problems.append(f"{where} lacks {name!r}")
+        return None
+    value = check(data[name])
+    if value is None:
+        problems.append(f"{where}: {name} must be {_EXPECTED.get(check) or check.__doc__}, got {data[name]!r}")
+    return value
+
+
+def _records(data: Mapping[str, Any], name: str, fields: dict, where: str, problems: list[str]) -> list[dict[str, Any]]:
+    items = data.get(name, [])
+    if not isinstance(items, list):
+        problems.append(f"{where}: {name} must be a list, got {type(items).__name__}")
+        return []
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            problems.append(f"{where}: {name}[{i}] must be an object, got {item!r}")
+            continue
+        record = dict(item)
+        for key, check in fields.items():
+            value = _field(item, key, check, f"{where} {name}[{i}]", problems)
+            if value is not None:
+                record[key] = value
+        out.append(record)
+    return out
 
 
 def federation_figure(ledgers: Sequence[PrivacyLedger], delta: float, accountant: str = "rdp") -> dict[str, Any]:

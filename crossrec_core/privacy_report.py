@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from crossrec_core.errors import CrossrecError
-from crossrec_core.privacy import PRIVACY_UNIT, PrivacyLedger, federation_figure
+from crossrec_core.errors import CrossrecError, PrivacyError
+from crossrec_core.privacy import ACCOUNTANTS, PRIVACY_UNIT, PrivacyLedger, federation_figure
 from crossrec_core.reporting import write_atomic, write_json
 
 REPORT_JSON = "privacy_report.json"
@@ -172,9 +172,19 @@ def render_plot(report: dict[str, Any], path: Path) -> None:
 
 
 def write_report(folder: Path, report: dict[str, Any]) -> dict[str, Any]:
-    write_json(folder / REPORT_JSON, report)
-    write_atomic(folder / REPORT_MD, render_markdown(report))
-    render_plot(report, folder / REPORT_PNG)
+    """Write the three files; everything is rendered first, so a failure leaves the old files as
+    they were instead of a mix of old and new."""
+    markdown = render_markdown(report)
+    plot = folder / f".{REPORT_PNG}.new.png"
+    try:
+        render_plot(report, plot)
+        write_json(folder / REPORT_JSON, report)
+        write_atomic(folder / REPORT_MD, markdown)
+        plot.replace(folder / REPORT_PNG)
+    except OSError as exc:
+        raise CrossrecError(f"cannot write the privacy report into {folder}: {exc}") from None
+    finally:
+        plot.unlink(missing_ok=True)
     return report
 
 
@@ -189,12 +199,35 @@ def read_report(folder: Path) -> tuple[dict[str, Any], list[PrivacyLedger]]:
     path = folder / REPORT_JSON
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object, got {type(data).__name__}")
+        problems = []
+        if not isinstance(data.get("dp"), bool):
+            problems.append(f"dp must be true or false, got {data.get('dp')!r}")
+        delta = data.get("delta")
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+            problems.append(f"delta must be a number strictly between 0 and 1, got {delta!r}")
+        if data.get("accountant") not in ACCOUNTANTS:
+            problems.append(f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {data.get('accountant')!r}")
+        notes = data.get("notes", [])
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            problems.append("notes must be a list of text")
+        if not isinstance(data.get("silos"), list):
+            problems.append(f"silos must be a list of ledgers, got {type(data.get('silos')).__name__}")
+        if problems:
+            raise ValueError("; ".join(problems))
         ledgers = [PrivacyLedger.from_dict(s) for s in data["silos"]]
-        data["dp"], data["delta"], data["accountant"] = bool(data["dp"]), float(data["delta"]), str(data["accountant"])
+        for ledger in ledgers:  # δ may differ per silo (a node's own budget); the accountant may not
+            if ledger.accountant != data["accountant"]:
+                problems.append(f"ledger of {ledger.silo!r} uses accountant {ledger.accountant} "
+                                f"but the report says {data['accountant']}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        data["delta"] = float(delta)
     except FileNotFoundError:
         raise CrossrecError(f"{folder} has no {REPORT_JSON}; is it a crossrec run folder?") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise CrossrecError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+        raise CrossrecError(f"cannot read {path}: {exc}") from None
     return data, ledgers
 
 
@@ -240,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report = rerender(args.run_folder)
-    except CrossrecError as exc:
+    except (CrossrecError, PrivacyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(render_markdown(report))

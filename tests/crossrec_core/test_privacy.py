@@ -158,3 +158,42 @@ def test_a_run_without_dp_says_so(tmp_path):
     write_report(tmp_path, build_report([], dp=False, delta=1e-5, accountant="rdp"))
     assert "no differential-privacy guarantee" in (tmp_path / REPORT_MD).read_text()
     assert (tmp_path / REPORT_PNG).exists()
+
+
+def test_recomputed_epsilon_per_entry_equals_one_accountant_over_each_prefix():
+    ledger = _ledger("A", "A")
+    for r in range(2, 5):
+        ledger.record(phase="pretrain", round_number=r, steps=7 * r, noise_multiplier=0.9 + 0.1 * r, sample_rate=0.02)
+    again = ledger.recomputed()
+    for i, entry in enumerate(again.entries):
+        assert entry["epsilon"] == pytest.approx(epsilon_of(ledger.history[: i + 1], 1e-5, "rdp"), rel=1e-9)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(dp="false"), "dp must be true or false"),
+    (lambda d: d.update(delta=2.0), "delta must be"),
+    (lambda d: d.update(accountant="foo"), "accountant must be"),
+    (lambda d: d.update(notes="hello"), "notes must be a list"),
+    (lambda d: d["silos"][0].update(delta=float("nan")), "delta must be"),
+    (lambda d: d["silos"][0].update(epsilon_budget=-1), "epsilon_budget must be"),
+    (lambda d: d["silos"][0].update(epsilon_budget="8"), "epsilon_budget must be"),
+    (lambda d: d["silos"][0]["entries"][0].update(steps=-100), "steps must be"),
+    (lambda d: d["silos"][0]["entries"][0].update(noise_multiplier=float("inf")), "noise_multiplier must be"),
+    (lambda d: d["silos"][0]["entries"][0].update(sample_rate=2.0), "sample_rate must be"),
+    (lambda d: d["silos"][0]["entries"][0].update(round="x"), "round must be"),
+    (lambda d: d["silos"][0]["refusals"].append({}), "refusals[0] lacks"),
+])
+def test_a_tampered_report_is_refused_and_its_files_are_left_alone(tmp_path, capsys, change, message):
+    import json
+
+    write_report(tmp_path, build_report([_ledger("A", "A")], dp=True, delta=1e-5, accountant="rdp"))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    data = json.loads((tmp_path / REPORT_JSON).read_text())
+    change(data)
+    text = json.dumps(data)  # NaN / Infinity are written as JSON's non-standard literals, as a tamperer could
+    (tmp_path / REPORT_JSON).write_text(text)
+    assert report_main([str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert (tmp_path / REPORT_JSON).read_text() == text
+    assert (tmp_path / REPORT_MD).read_bytes() == before[REPORT_MD]
+    assert (tmp_path / REPORT_PNG).read_bytes() == before[REPORT_PNG]
