@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -43,14 +44,33 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), 0o600)  # a replaced file keeps its old mode otherwise
         fh.write(data)
+
+
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+MAX_DAYS = 36500
+
+
+def check_host(host: str) -> str:
+    """``host`` if it is an IP address or a DNS name (what a certificate can name), else ValueError."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if 0 < len(host) <= 253 and all(_DNS_LABEL.match(label) for label in host.rstrip(".").split(".")):
+        return host
+    raise ValueError(f"--host {host!r} is neither an IP address nor a DNS name (give no port, scheme or path)")
 
 
 def write_certificates(folder: Path, hosts: list[str], *, days: int = 365, overwrite: bool = False) -> dict[str, Path]:
     """A new CA and a server certificate for ``hosts`` (IP addresses or DNS names) in ``folder``."""
     if not hosts:
         raise ValueError("give at least one --host the SuperLink is reached at")
-    sans = [_san(h) for h in hosts]
+    if not 1 <= days <= MAX_DAYS:
+        raise ValueError(f"--days must be between 1 and {MAX_DAYS}, got {days}")
+    sans = [_san(check_host(h)) for h in hosts]
     paths = {n: folder / n for n in (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY)}
     existing = [p for p in paths.values() if p.exists()]
     if existing and not overwrite:
@@ -73,7 +93,7 @@ def write_certificates(folder: Path, hosts: list[str], *, days: int = 365, overw
     )
     server_key = ec.generate_private_key(ec.SECP384R1())
     server = (
-        x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca.subject)
+        x509.CertificateBuilder().subject_name(_name("crossrec SuperLink")).issuer_name(ca.subject)
         .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now).not_valid_after(until)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)

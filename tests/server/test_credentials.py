@@ -1,6 +1,7 @@
 """Local TLS credentials and SuperNode keys: what they are, checked with the cryptography library."""
 
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -46,3 +47,37 @@ def test_a_node_key_pair_is_p384_in_openssh_format(tmp_path):
     assert public.read_text().rstrip().endswith(" Toys") and stat.S_IMODE(private.stat().st_mode) == 0o600
     with pytest.raises(FileExistsError):
         write_key_pair(tmp_path / "keys" / "Toys")
+
+
+def test_replaced_credentials_get_private_modes_and_bad_hosts_or_days_write_nothing(tmp_path):
+    import os
+
+    write_certificates(tmp_path, ["127.0.0.1"])
+    for key in (CA_KEY, SERVER_KEY):
+        os.chmod(tmp_path / key, 0o644)
+    write_certificates(tmp_path, ["127.0.0.1"], overwrite=True)
+    for key in (CA_KEY, SERVER_KEY):
+        assert stat.S_IMODE((tmp_path / key).stat().st_mode) == 0o600
+    for hosts, days in ((["127.0.0.1:9092"], 365), (["https://link"], 365), (["my host"], 365),
+                        (["127.0.0.1"], 0), (["127.0.0.1"], 10**9)):
+        with pytest.raises(ValueError):
+            write_certificates(tmp_path / "bad", hosts, days=days)
+        assert not (tmp_path / "bad").exists()
+    long_name = "a" * 63 + ".example.org"  # longer than a common name may be, a valid DNS name
+    write_certificates(tmp_path / "long", [long_name])
+
+
+def test_a_key_pair_is_replaced_whole_or_not_at_all(tmp_path):
+    private, public = write_key_pair(tmp_path / "Toys")
+    before = (private.read_bytes(), public.read_bytes())
+    for comment in ("\xff\xfe", "Toys\nssh-rsa AAAA other"):
+        with pytest.raises(ValueError):
+            write_key_pair(tmp_path / "Toys", comment=comment, overwrite=True)
+        assert (private.read_bytes(), public.read_bytes()) == before
+    for bad in ("", ".", "/"):
+        with pytest.raises(ValueError):
+            write_key_pair(Path(bad))
+    private, public = write_key_pair(tmp_path / "Toys", overwrite=True)
+    key = serialization.load_ssh_private_key(private.read_bytes(), None)
+    assert key.public_key().public_numbers() == serialization.load_ssh_public_key(public.read_bytes()).public_numbers()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Toys", "Toys.pub"]  # no temporary file left
