@@ -22,7 +22,7 @@ from crossrec_core.config import load_config, parse_override
 from crossrec_core.errors import CrossrecError
 from crossrec_core.silo import load_view, plan_privacy
 
-NODE_KEYS = ("silo", "state-dir", *NODE_OVERRIDES)  # what the ClientApp reads from node_config
+NODE_KEYS = ("silo", "partition-id", "state-dir", *NODE_OVERRIDES)  # what the ClientApp reads from node_config
 
 
 def check_node(node_config: dict, overrides: dict) -> list[str]:

@@ -61,7 +61,13 @@ def node_silo(config: RunConfig, node_config) -> str:
     if "silo" in node_config:
         return str(node_config["silo"])
     if "partition-id" in node_config:
-        return config.node_silos[int(node_config["partition-id"])]
+        raw = node_config["partition-id"]
+        silos = config.node_silos
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw < len(silos):
+            raise ConfigError("invalid node config:", [
+                f"'partition-id': {raw!r} must be an integer from 0 to {len(silos) - 1} "
+                f"(the run has {len(silos)} node silos: {', '.join(silos)})"])
+        return silos[raw]
     raise ConfigError("invalid node config:", [
         f"'silo': missing; start the SuperNode with --node-config \"silo='<one of {', '.join(config.node_silos)}>' "
         "data-dir='/absolute/path'\""])

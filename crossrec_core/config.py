@@ -58,7 +58,7 @@ class RunConfig:
     silos: str = _key("silos", str, _non_empty)
     target: str = _key("target", str, _non_empty)
     cold_start_fraction: float = _key("cold-start-fraction", float, _fraction)
-    seed: int = _key("seed", int, _non_negative)
+    seed: int = _key("seed", int, _check(lambda v: 0 <= v < 2**63, "must be between 0 and 2**63 - 1"))
     federation_key: str = _key("federation-key", str, _non_empty)
     shopper_table_size: int = _key("shopper-table-size", int, _positive)
     item_table_size: int = _key("item-table-size", int, _positive)
@@ -168,7 +168,10 @@ def _coerce(value: Any, kind: type) -> tuple[Any, str | None]:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return value, "must be a number"
-        return float(value), None
+        try:
+            return float(value), None
+        except OverflowError:
+            return value, "is too large for a number"
     if not isinstance(value, str):
         return value, "must be a string"
     return value, None

@@ -69,9 +69,13 @@ def recommend(run: Path, silo: str, shopper: str, k: int = 10) -> list[tuple[str
     try:
         with np.load(model_path) as arrays:
             model.load_state_dict({name: torch.from_numpy(arrays[name]) for name in arrays.files})
-    except (OSError, ValueError, RuntimeError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         detail = str(exc).strip().splitlines()[:3]
         raise CrossrecError(f"{model_path}: not a usable model of this run: {type(exc).__name__}: {' '.join(detail)}") from None
+    if not all(torch.isfinite(v).all() for v in model.state_dict().values()):
+        raise CrossrecError(f"{model_path}: the model holds NaN or infinite values; it cannot rank items")
+    if not shopper.strip():
+        raise CrossrecError("--shopper is empty; give a shopper's user_id as in the silo's data")
     user_rows = hash_ids([shopper], key=config.federation_key, table_size=config.shopper_table_size, namespace="shopper")
     items, bias = model.item_vectors(torch.from_numpy(view.catalogue_rows), silo)
     scores = (model.user_vectors(torch.from_numpy(user_rows), silo) @ items.T + bias).numpy()[0]
@@ -95,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CrossrecError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(f"model: {find_run(args.run_folder)}")
     for rank, (item, score) in enumerate(items, 1):
         print(f"{rank:3d}  {item}  {score:.4f}")
     return 0

@@ -12,6 +12,7 @@ comparison table. Exits non-zero when any run failed (``flwr run`` itself exits 
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import signal
 import subprocess
@@ -145,8 +146,11 @@ def _main(args: argparse.Namespace) -> int:
         overrides = read_experiment(args.experiment)
         overrides.update(dict(parse_override(o) for o in args.run_config))
         config = resolve_data_dir(load_config(overrides), PROJECT_ROOT)
-        if args.cpus_per_node < 1:
-            raise ConfigError("bad --cpus-per-node:", [f"{args.cpus_per_node}: must be at least 1"])
+        cpus = os.cpu_count() or 1
+        if not 1 <= args.cpus_per_node <= cpus:
+            raise ConfigError("bad --cpus-per-node:", [
+                f"{args.cpus_per_node}: must be between 1 and this machine's {cpus} CPUs "
+                "(Flower cannot place a ClientApp that needs more)"])
         chosen = args.variants or ("nodp,dp" if config.dp else "nodp")
         variants = list(dict.fromkeys(v.strip() for v in chosen.split(",") if v.strip()))
         unknown = set(variants) - set(VARIANTS)

@@ -75,3 +75,6 @@ def test_a_deployed_node_without_a_silo_name_is_told_how_to_start(data_slice):
     assert client_app.node_silo(config, {"partition-id": 0}) == "Beauty"
     with pytest.raises(ConfigError, match="--node-config"):
         client_app.node_silo(config, {"data-dir": "/srv/data"})
+    for bad in (2, -1, "0", True):  # the run has two node silos
+        with pytest.raises(ConfigError, match="'partition-id'"):
+            client_app.node_silo(config, {"partition-id": bad})

@@ -55,7 +55,11 @@ def test_non_finite_numbers_are_rejected(key, value):
 
 
 def test_validation_does_not_overflow_on_huge_integers():
-    assert load_config({"seed": 10**30}).seed == 10**30
+    # a seed the generators cannot take, and a number too large for a float: named, not a traceback
+    with pytest.raises(ConfigError) as err:
+        load_config({"seed": 10**30, "learning-rate": 10**400})
+    assert "'seed'" in str(err.value) and "'learning-rate'" in str(err.value)
+    assert load_config({"seed": 2**63 - 1}).seed == 2**63 - 1
 
 
 # ---- recommend -----------------------------------------------------------------------------
@@ -87,7 +91,8 @@ def recommend_error(capsys, *argv) -> str:
 
 def test_recommend_works_on_the_tiny_run(tiny_run, capsys):
     assert recommend.main([str(tiny_run.parent), "--silo", "B", "--shopper", "u12", "-k", "2"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"model: {tiny_run}" and len(out) == 3  # which run's model, then the items
 
 
 def test_recommend_folder_missing_or_a_file(tmp_path, capsys):
@@ -109,11 +114,18 @@ def test_recommend_bad_config_json(tiny_run, capsys, content, expected):
     assert expected in recommend_error(capsys, tiny_run, "--silo", "B", "--shopper", "u12")
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong-shape"])
+@pytest.mark.parametrize("damage", ["garbage", "empty", "truncated", "wrong-shape", "nan"])
 def test_recommend_bad_model_file(tiny_run, capsys, damage):
     path = tiny_run / "silos" / "B" / "model.npz"
     if damage == "garbage":
         path.write_text("garbage")
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "nan":
+        arrays = {k: np.full_like(v, np.nan) for k, v in np.load(path).items()}
+        np.savez(path, **arrays)
+        assert "NaN or infinite" in recommend_error(capsys, tiny_run, "--silo", "B", "--shopper", "u12")
+        return
     elif damage == "truncated":
         path.write_bytes(path.read_bytes()[:300])
     else:
@@ -123,3 +135,4 @@ def test_recommend_bad_model_file(tiny_run, capsys, damage):
         np.savez(path, **arrays)
     err = recommend_error(capsys, tiny_run, "--silo", "B", "--shopper", "u12")
     assert f"{path}: not a usable model" in err
+

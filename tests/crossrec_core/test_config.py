@@ -133,7 +133,9 @@ def test_wrong_type(key, value, expected):
     "key,value,expected",
     [
         ("epochs", 0, "must be > 0"),
-        ("seed", -1, "must be >= 0"),
+        ("seed", -1, "must be between 0 and 2**63 - 1"),
+        ("seed", 2**64, "must be between 0 and 2**63 - 1"),
+        ("epsilon-budget", 10**400, "is too large for a number"),
         ("learning-rate", 0.0, "must be > 0"),
         ("l2", -0.1, "must be >= 0"),
         ("adam-beta1", 1.0, "must be in [0, 1)"),
