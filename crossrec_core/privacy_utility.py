@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,9 +46,19 @@ def collect(folders: Sequence[Path]) -> dict[str, Any]:
     points: list[dict[str, Any]] = []
     references: dict[str, dict[str, Any]] = {}
     first: dict[str, Any] | None = None
+    if len(set(map(str, folders))) != len(folders):
+        raise CrossrecError("a run folder is given twice: " + ", ".join(sorted({str(f) for f in folders if folders.count(f) > 1})))
     for folder in folders:
-        config = _read(folder, "config.json").get("run_config", {})
+        if not folder.is_dir():
+            raise CrossrecError(f"{folder}: {'is not a folder' if folder.exists() else 'no such folder'}")
+        saved = _read(folder, "config.json")
+        config = saved.get("run_config") if isinstance(saved, dict) else None
         comparison = _read(folder, "comparison.json")
+        if not isinstance(config, dict):
+            raise CrossrecError(f"{folder / 'config.json'} has no 'run_config' table; is it a main-job run folder?")
+        if not isinstance(comparison, dict) or not isinstance(comparison.get("federated", {}), dict) \
+                or not isinstance(comparison.get("rows", []), list):
+            raise CrossrecError(f"{folder / 'comparison.json'} is not a comparison table of the main job")
         if first is None:
             first = {k: config.get(k) for k in SAME}
         else:
@@ -56,23 +67,33 @@ def collect(folders: Sequence[Path]) -> dict[str, Any]:
                 raise CrossrecError(f"{folder} is not comparable with {folders[0]}: " + "; ".join(differ))
         try:
             for variant, result in sorted(comparison.get("federated", {}).items()):
-                spent = result.get("epsilon_by_silo", {}) if result["dp"] else {}
+                if not isinstance(result.get("dp"), bool):
+                    raise ValueError(f"federated {variant!r}: dp must be true or false, got {result.get('dp')!r}")
+                budget = None  # None: no DP
+                spent: dict[str, Any] = {}
+                if result["dp"]:
+                    budget = _finite(config.get("epsilon-budget"), "config.json epsilon-budget", positive=True)
+                    spent = result.get("epsilon_by_silo", {})
+                    if not isinstance(spent, dict):
+                        raise ValueError(f"federated {variant!r}: epsilon_by_silo must be a table")
+                    spent = {silo: _finite(v, f"ε spent by {silo}") for silo, v in spent.items()}
                 points.append({
                     "folder": str(folder),
                     "variant": variant,
-                    "dp": bool(result["dp"]),
-                    "epsilon_budget": float(config["epsilon-budget"]) if result["dp"] else None,  # None: no DP
+                    "dp": result["dp"],
+                    "epsilon_budget": budget,
                     "epsilon_spent_max": max(spent.values()) if spent else None,
-                    "ndcg": {g: float(result["test"][g][NDCG]) for g in GROUPS},
+                    "ndcg": {g: _finite(result["test"][g][NDCG], f"{variant} {g} {NDCG}") for g in GROUPS},
                     "n": {g: int(result["test"][g]["n"]) for g in GROUPS},
                 })
             for row in comparison.get("rows", []):
                 if row["method"] in REFERENCES and row["group"] in GROUPS:
                     ref = references.setdefault(row["method"], {"ndcg": {}, "folder": str(folder)})
                     if ref["folder"] == str(folder):
-                        ref["ndcg"][row["group"]] = float(row["metrics"][NDCG])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CrossrecError(f"{folder / 'comparison.json'} lacks an expected field: {exc!r}") from None
+                        ref["ndcg"][row["group"]] = _finite(row["metrics"][NDCG], f"{row['method']} {row['group']} {NDCG}")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            detail = f"lacks an expected field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise CrossrecError(f"{folder}: {detail}") from None
     if not points:
         raise CrossrecError("none of the folders holds a federated run")
     points.sort(key=lambda p: (not p["dp"], p["epsilon_budget"] or 0.0, p["folder"]))
@@ -84,6 +105,14 @@ def collect(folders: Sequence[Path]) -> dict[str, Any]:
             if p["dp"] and nodp and g in pop and nodp[0]["ndcg"][g] != pop[g]:
                 p["gain_retained"][g] = (p["ndcg"][g] - pop[g]) / (nodp[0]["ndcg"][g] - pop[g])
     return {"points": points, "references": references, "settings": first}
+
+
+def _finite(value: Any, what: str, *, positive: bool = False) -> float:
+    """``value`` as a finite float (> 0 with ``positive``); ValueError naming ``what`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (positive and value <= 0):
+        raise ValueError(f"{what} must be a finite number{' > 0' if positive else ''}, got {value!r}")
+    return float(value)
 
 
 def _eps(value: float | None) -> str:
@@ -162,11 +191,17 @@ def render_plot(curve: dict[str, Any], path: Path) -> None:
 
 
 def write_curve(out: Path, curve: dict[str, Any]) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "privacy_utility.json", curve)
+    """Render the table and the plot, then write the three files (nothing is written if rendering fails)."""
     markdown = render_markdown(curve)
-    write_atomic(out / "privacy_utility.md", markdown)
-    render_plot(curve, out / "privacy_utility.png")
+    out.mkdir(parents=True, exist_ok=True)
+    plot = out / ".privacy_utility.new.png"
+    try:
+        render_plot(curve, plot)
+        write_json(out / "privacy_utility.json", curve)
+        write_atomic(out / "privacy_utility.md", markdown)
+        plot.replace(out / "privacy_utility.png")
+    finally:
+        plot.unlink(missing_ok=True)
     return markdown
 
 

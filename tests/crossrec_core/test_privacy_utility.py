@@ -55,6 +55,32 @@ def test_folders_of_different_scenarios_are_not_mixed(tmp_path, capsys):
     with pytest.raises(CrossrecError, match="target"):
         pu.collect([a, b])
     assert pu.main([str(a), str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
-    assert "has no config.json" in capsys.readouterr().err
+    assert "no such folder" in capsys.readouterr().err
     (a / "comparison.json").write_text("{not json")
     assert pu.main([str(a), "--out", str(tmp_path / "o")]) == 2
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda cfg, comp: comp["federated"]["nodp"].update(dp="false"), "dp must be true or false"),
+    (lambda cfg, comp: cfg["run_config"].update({"epsilon-budget": -4}), "epsilon-budget must be a finite number > 0"),
+    (lambda cfg, comp: comp["federated"]["dp"].update(epsilon_by_silo={"A": "big"}), "ε spent by A"),
+    (lambda cfg, comp: comp["federated"]["dp"].update(epsilon_by_silo=[1]), "epsilon_by_silo must be a table"),
+    (lambda cfg, comp: comp.update(federated=[1]), "not a comparison table"),
+    (lambda cfg, comp: cfg.update(run_config=None), "no 'run_config' table"),
+])
+def test_damaged_folders_are_named_and_nothing_is_written(tmp_path, capsys, damage, message):
+    folder = _folder(tmp_path, "a", 8.0, {"nodp": _result(False, 0.14, 0.26), "dp": _result(True, 0.13, 0.23, {"A": 7.9})})
+    cfg, comp = (json.loads((folder / n).read_text()) for n in ("config.json", "comparison.json"))
+    damage(cfg, comp)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "comparison.json").write_text(json.dumps(comp))
+    out = tmp_path / "out"
+    assert pu.main([str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not out.exists()
+
+
+def test_a_folder_given_twice_is_refused(tmp_path):
+    a = _folder(tmp_path, "a", 8.0, {"dp": _result(True, 0.1, 0.2, {"A": 8.0})})
+    with pytest.raises(CrossrecError, match="given twice"):
+        pu.collect([a, a])
