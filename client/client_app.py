@@ -31,7 +31,7 @@ app = ClientApp()
 # run_config keys a SuperNode may set for its own silo through --node-config: where its data is, its
 # own privacy budget, and the federation key (held by the silos, never by the operator: in a
 # deployment every silo sets the same key here and the run's own value is not used).
-NODE_OVERRIDES = ("data-dir", "epsilon-budget", "delta", "federation-key")
+NODE_OVERRIDES = ("data-dir", "epsilon-budget", "delta", "federation-key", "secure-noise")
 
 
 def node_run_config(run_config, node_config) -> RunConfig:

@@ -94,6 +94,7 @@ class RunConfig:
     )
     run_dir: str = _key("run-dir", str)
     round_timeout: float = _key("round-timeout", float, _positive)
+    secure_noise: bool = _key("secure-noise", bool)
 
     # ---- derived views -------------------------------------------------------------------
     @property

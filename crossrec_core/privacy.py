@@ -25,6 +25,7 @@ from crossrec_core.errors import PrivacyError
 
 PRIVACY_UNIT = "shopper"
 ACCOUNTANTS = ("rdp", "prv")
+NOISE_SEEDS = ("secret", "run seed")
 PRV_EPS_ERROR = 0.01  # the PRV accountant's ε is an upper bound within this of the true value
 MAX_COMBINATIONS = 2000  # silo groups enumerated exactly per group size; above, an RDP upper bound
 
@@ -90,6 +91,10 @@ class PrivacyLedger:
     sample_rate: float
     planned_steps: int
     privacy_unit: str = PRIVACY_UNIT
+    # where the DP randomness (Poisson sampling, negatives, Gaussian noise) is seeded from: "secret"
+    # (fresh OS entropy at the silo, known to nobody) or "run seed" (reproducible by anyone who knows
+    # the run's seed, e.g. the server: no guarantee against them)
+    noise_seed: str = "run seed"
     entries: list[dict[str, Any]] = field(default_factory=list)  # one per DP training call
     refusals: list[dict[str, Any]] = field(default_factory=list)
 
@@ -154,6 +159,7 @@ class PrivacyLedger:
             "epsilon_budget": self.epsilon_budget,
             "epsilon_remaining": self.remaining,
             "refusals": len(self.refusals),
+            "noise_seed": self.noise_seed,
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -179,6 +185,9 @@ class PrivacyLedger:
         refusals = _records(data, "refusals", {"phase": _text, "round": _count(0), "steps": _count(0),
                                                "projected_epsilon": _non_negative, "spent": _non_negative},
                             where, problems)
+        noise_seed = data.get("noise_seed", "run seed")  # reports written before the field: run seed
+        if noise_seed not in NOISE_SEEDS:
+            problems.append(f"{where}: noise_seed must be one of {', '.join(NOISE_SEEDS)}, got {noise_seed!r}")
         unit = data.get("privacy_unit", PRIVACY_UNIT)
         if not isinstance(unit, str):
             problems.append(f"{where}: privacy_unit must be text, got {unit!r}")
@@ -186,6 +195,7 @@ class PrivacyLedger:
             raise ValueError("; ".join(problems))
         ledger = cls(**values)
         ledger.privacy_unit = unit
+        ledger.noise_seed = noise_seed
         ledger.entries, ledger.refusals = entries, refusals
         return ledger
 
@@ -306,21 +316,37 @@ def federation_figure(ledgers: Sequence[PrivacyLedger], delta: float, accountant
             by_category.setdefault(ledger.category, []).append(ledger)
     categories = sorted(by_category)
     out: dict[str, Any] = {"delta": delta, "accountant": accountant, "by_silo_count": {}}
+    orders = _orders()
+    curves: dict[int, np.ndarray] = {}
+
+    def curve_of(ledger: PrivacyLedger) -> np.ndarray:
+        if id(ledger) not in curves:
+            curves[id(ledger)] = rdp_curve(ledger.history, orders)
+        return curves[id(ledger)]
+
+    # how many groups of k silos there are (one silo per category): elementary symmetric polynomials
+    # of the categories' sizes, so the groups are only listed when there are few enough
+    n_groups = [1] + [0] * len(categories)
+    for c in categories:
+        for k in range(len(categories), 0, -1):
+            n_groups[k] += n_groups[k - 1] * len(by_category[c])
     for k in range(1, len(categories) + 1):
-        groups = [combo for cats in itertools.combinations(categories, k)
-                  for combo in itertools.product(*(by_category[c] for c in cats))]
-        if len(groups) <= MAX_COMBINATIONS:
+        if n_groups[k] <= MAX_COMBINATIONS:
+            groups = [combo for cats in itertools.combinations(categories, k)
+                      for combo in itertools.product(*(by_category[c] for c in cats))]
             best, worst_group = -1.0, ()
             for group in groups:
-                eps = epsilon_of([h for ledger in group for h in ledger.history], delta, accountant)
+                if accountant == "rdp":  # RDP composes by adding curves: each ledger's curve once
+                    eps = epsilon_from_rdp(sum(curve_of(ledger) for ledger in group), orders, delta)
+                else:
+                    eps = epsilon_of([h for ledger in group for h in ledger.history], delta, accountant)
                 if eps > best:
                     best, worst_group = eps, group
             out["by_silo_count"][str(k)] = {"epsilon": best, "method": "exact",
                                             "worst_silos": [g.silo for g in worst_group]}
         else:
-            orders = _orders()
             per_category = np.stack([
-                np.max([rdp_curve(ledger.history, orders) for ledger in by_category[c]], axis=0) for c in categories
+                np.max([curve_of(ledger) for ledger in by_category[c]], axis=0) for c in categories
             ])
             top_k = np.sort(per_category, axis=0)[-k:].sum(axis=0)
             out["by_silo_count"][str(k)] = {"epsilon": epsilon_from_rdp(top_k, orders, delta),

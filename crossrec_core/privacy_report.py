@@ -44,6 +44,13 @@ PROTECTED = [
     "NDCG@10 on its own shoppers, its number of shoppers and interactions, timings) and the target's "
     "test metrics at the end are exact aggregates over the silo's data. They are counts and means over "
     "thousands of shoppers, but a deployment that must protect them too should drop or noise them.",
+    "DP randomness: with `secure-noise = true` (the default) a silo seeds each DP training call's "
+    "Poisson sampling, negatives and Gaussian noise from fresh entropy of its own operating system "
+    "(noise seed `secret`), so nobody, the server included, can reproduce or subtract the noise. The "
+    "generator is PyTorch's, not a cryptographically secure one (Opacus' secure mode needs torchcsprng, "
+    "which is not installed). A silo whose noise seed is `run seed` drew its randomness from the run's "
+    "seed, which the server and every silo know: its ε does not hold against them (use it only for "
+    "reproducible experiments).",
     "Keyed hashing: raw shopper and item ids never leave a silo; table rows come from an HMAC under a "
     "federation key that the silos hold and the server does not. The hashing hides ids from the server "
     "but is not a privacy guarantee against a party that holds the key; the DP guarantee does not rely on it.",
@@ -91,14 +98,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"Every budget respected: **{'yes' if report['budgets_respected'] else 'NO'}**.",
             "",
             "| silo | unit | max interactions | noise multiplier | sample rate | steps (taken / planned) "
-            "| clipping norm | δ | accountant | ε spent | ε budget | ε remaining | refusals |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| clipping norm | δ | accountant | noise seed | ε spent | ε budget | ε remaining | refusals |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in report["summary"]:
             lines.append(
                 f"| {s['silo']} | {s['privacy_unit']} | {s['max_interactions_per_shopper']} | {s['noise_multiplier']:.4f} "
                 f"| {s['sample_rate']:.5f} | {s['steps']} / {s['planned_steps']} | {s['max_grad_norm']:g} | {s['delta']:g} "
-                f"| {s['accountant']} | {_fmt(s['epsilon_spent'])} | {s['epsilon_budget']:g} | {_fmt(s['epsilon_remaining'])} "
+                f"| {s['accountant']} | {s['noise_seed']} | {_fmt(s['epsilon_spent'])} | {s['epsilon_budget']:g} | {_fmt(s['epsilon_remaining'])} "
                 f"| {s['refusals']} |"
             )
         fed = report.get("federation")

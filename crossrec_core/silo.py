@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +223,7 @@ def new_ledger(view: SiloView, plan: PrivacyPlan | None = None) -> PrivacyLedger
         accountant=plan.accountant, max_grad_norm=plan.max_grad_norm,
         max_interactions_per_shopper=plan.max_interactions_per_shopper, noise_multiplier=plan.noise_multiplier,
         sample_rate=plan.sample_rate, planned_steps=plan.planned_steps,
+        noise_seed="secret" if view.config.secure_noise else "run seed",
     )
 
 
@@ -290,7 +292,12 @@ def train_round(
         steps = max(1, round(epochs * round(1.0 / ledger.sample_rate)))
         ledger.check(steps, phase=phase, round_number=round_number)
         dp = DPSettings(ledger.noise_multiplier, ledger.max_grad_norm, ledger.delta, ledger.accountant)  # type: ignore[arg-type]
-    seed = int(derive_rng(config.seed, view.name, phase, str(round_number)).integers(2**31))
+    if dp is not None and ledger.noise_seed == "secret":
+        # the DP randomness must not be reproducible from anything outside the silo (the run seed is
+        # known to the server): fresh OS entropy for sampling, negatives and noise
+        seed = secrets.randbits(62)
+    else:
+        seed = int(derive_rng(config.seed, view.name, phase, str(round_number)).integers(2**31))
     report = train(
         model, data, settings=train_settings(config, dp=config.dp), epochs=epochs, seed=seed, dp=dp,
         accountant_state_in={"history": ledger.history} if dp is not None else None, progress=False,

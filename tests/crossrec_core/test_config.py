@@ -45,6 +45,7 @@ PYPROJECT_DEFAULTS = {
     "aggregation": "row-mean",
     "run-dir": "",
     "round-timeout": 3600.0,
+    "secure-noise": True,
 }
 
 

@@ -128,3 +128,18 @@ def test_an_impossible_plan_names_every_silo_before_training(small_config):
         check_privacy_plans(config, build_scenario(config))
     plans = check_privacy_plans(small_config.replace(dp=True), build_scenario(small_config))
     assert set(plans) == set(small_config.silo_names)
+
+
+def test_dp_randomness_is_secret_by_default_and_reproducible_only_when_asked(small_config):
+    def two_rounds(config):
+        view = load_view(config, "Beauty")
+        shared = initial_shared(config)
+        runs = [train_round(view, shared, None, None, epochs=0.2, round_number=1, phase="pretrain") for _ in range(2)]
+        assert {r.ledger.noise_seed for r in runs} == {"secret" if config.secure_noise else "run seed"}
+        return [r.update.deltas[SHOPPER_TABLE] for r in runs]
+
+    base = small_config.replace(**{"dp": True, "epsilon-budget": 50.0})
+    secret = two_rounds(base)  # the same call twice: the noise differs (not derivable from the run seed)
+    assert not np.array_equal(secret[0], secret[1])
+    seeded = two_rounds(base.replace(**{"secure-noise": False}))
+    assert np.array_equal(seeded[0], seeded[1])
