@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -171,32 +171,22 @@ class PrivacyLedger:
         type or out of range (a report must never be computed from values no DP run can have)."""
         if not isinstance(data, Mapping):
             raise ValueError(f"a privacy ledger must be an object, got {type(data).__name__}")
-        problems: list[str] = []
         where = f"ledger of {data.get('silo')!r}" if isinstance(data.get("silo"), str) else "ledger"
-        fields = {
-            "silo": _text, "category": _text, "accountant": _choice(ACCOUNTANTS),
-            "epsilon_budget": _positive, "delta": _open_unit, "max_grad_norm": _positive,
-            "max_interactions_per_shopper": _count(1), "noise_multiplier": _positive,
-            "sample_rate": _rate, "planned_steps": _count(0),
-        }
-        values = {name: _field(data, name, check, where, problems) for name, check in fields.items()}
-        entries = _records(data, "entries", {"phase": _text, "round": _count(0), "steps": _count(0),
-                                             "noise_multiplier": _positive, "sample_rate": _rate}, where, problems)
-        refusals = _records(data, "refusals", {"phase": _text, "round": _count(0), "steps": _count(0),
-                                               "projected_epsilon": _non_negative, "spent": _non_negative},
-                            where, problems)
-        noise_seed = data.get("noise_seed", "run seed")  # reports written before the field: run seed
-        if noise_seed not in NOISE_SEEDS:
-            problems.append(f"{where}: noise_seed must be one of {', '.join(NOISE_SEEDS)}, got {noise_seed!r}")
-        unit = data.get("privacy_unit", PRIVACY_UNIT)
-        if not isinstance(unit, str):
-            problems.append(f"{where}: privacy_unit must be text, got {unit!r}")
+        data = {"privacy_unit": PRIVACY_UNIT, "noise_seed": "run seed", "entries": [], "refusals": [], **data}
+        problems = _record_problems(data, LEDGER_FIELDS, where)
+        records = {}
+        for name, fields in (("entries", ENTRY_FIELDS), ("refusals", REFUSAL_FIELDS)):
+            items = data[name]
+            if not isinstance(items, list) or not all(isinstance(item, Mapping) for item in items):
+                problems.append(f"{where}: {name} must be a list of objects")
+                continue
+            for i, item in enumerate(items):
+                problems += _record_problems(item, fields, f"{where} {name}[{i}]")
+            records[name] = [dict(item) for item in items]
         if problems:
             raise ValueError("; ".join(problems))
-        ledger = cls(**values)
-        ledger.privacy_unit = unit
-        ledger.noise_seed = noise_seed
-        ledger.entries, ledger.refusals = entries, refusals
+        ledger = cls(**{name: data[name] for name in LEDGER_FIELDS})
+        ledger.entries, ledger.refusals = records["entries"], records["refusals"]
         return ledger
 
     def recomputed(self) -> "PrivacyLedger":
@@ -216,7 +206,7 @@ class PrivacyLedger:
         return copy
 
 
-def _number(value: Any) -> float | None:
+def _finite(value: Any) -> float | None:
     """``value`` as a finite float if it is a JSON number (not a bool, not text), else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -227,79 +217,46 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+def _integer_at_least(low: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
-def _positive(value: Any) -> float | None:
-    v = _number(value)
-    return v if v is not None and v > 0 else None
+# kinds of ledger field: (what is expected, in words; the test)
+FIELD_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "text": ("non-empty text", lambda v: isinstance(v, str) and v != ""),
+    "positive": ("a finite number > 0", lambda v: (f := _finite(v)) is not None and f > 0),
+    "non-negative": ("a finite number >= 0", lambda v: (f := _finite(v)) is not None and f >= 0),
+    "delta": ("a number strictly between 0 and 1", lambda v: (f := _finite(v)) is not None and 0 < f < 1),
+    "rate": ("a number in (0, 1]", lambda v: (f := _finite(v)) is not None and 0 < f <= 1),
+    "count": ("an integer >= 0", _integer_at_least(0)),
+    "positive count": ("an integer >= 1", _integer_at_least(1)),
+    "accountant": ("one of " + ", ".join(ACCOUNTANTS), lambda v: v in ACCOUNTANTS),
+    "noise seed": ("one of " + ", ".join(NOISE_SEEDS), lambda v: v in NOISE_SEEDS),
+}
+LEDGER_FIELDS = {
+    "silo": "text", "category": "text", "epsilon_budget": "positive", "delta": "delta", "accountant": "accountant",
+    "max_grad_norm": "positive", "max_interactions_per_shopper": "positive count", "noise_multiplier": "positive",
+    "sample_rate": "rate", "planned_steps": "count", "privacy_unit": "text", "noise_seed": "noise seed",
+}
+ENTRY_FIELDS = {"phase": "text", "round": "count", "steps": "count", "noise_multiplier": "positive", "sample_rate": "rate"}
+REFUSAL_FIELDS = {"phase": "text", "round": "count", "steps": "count", "projected_epsilon": "non-negative",
+                  "spent": "non-negative"}
 
 
-def _non_negative(value: Any) -> float | None:
-    v = _number(value)
-    return v if v is not None and v >= 0 else None
+def field_problem(name: str, value: Any, kind: str) -> str | None:
+    """None if ``value`` is of ``kind`` (one of ``FIELD_KINDS``), else what is wrong with it."""
+    expected, ok = FIELD_KINDS[kind]
+    return None if ok(value) else f"{name} must be {expected}, got {value!r}"
 
 
-def _open_unit(value: Any) -> float | None:
-    v = _number(value)
-    return v if v is not None and 0 < v < 1 else None
-
-
-def _rate(value: Any) -> float | None:
-    v = _number(value)
-    return v if v is not None and 0 < v <= 1 else None
-
-
-def _count(low: int):
-    def check(value: Any) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            return None
-        return value if value >= low else None
-
-    check.__doc__ = f"an integer >= {low}"
-    return check
-
-
-def _choice(options: Sequence[str]):
-    def check(value: Any) -> str | None:
-        return value if value in options else None
-
-    check.__doc__ = "one of " + ", ".join(options)
-    return check
-
-
-_EXPECTED = {_text: "non-empty text", _positive: "a finite number > 0", _non_negative: "a finite number >= 0",
-             _open_unit: "a number strictly between 0 and 1", _rate: "a number in (0, 1]"}
-
-
-def _field(data: Mapping[str, Any], name: str, check, where: str, problems: list[str]) -> Any:
-    if name not in data:
-        problems.append(f"{where} lacks {name!r}")
-        return None
-    value = check(data[name])
-    if value is None:
-        problems.append(f"{where}: {name} must be {_EXPECTED.get(check) or check.__doc__}, got {data[name]!r}")
-    return value
-
-
-def _records(data: Mapping[str, Any], name: str, fields: dict, where: str, problems: list[str]) -> list[dict[str, Any]]:
-    items = data.get(name, [])
-    if not isinstance(items, list):
-        problems.append(f"{where}: {name} must be a list, got {type(items).__name__}")
-        return []
-    out = []
-    for i, item in enumerate(items):
-        if not isinstance(item, Mapping):
-            problems.append(f"{where}: {name}[{i}] must be an object, got {item!r}")
-            continue
-        record = dict(item)
-        for key, check in fields.items():
-            value = _field(item, key, check, f"{where} {name}[{i}]", problems)
-            if value is not None:
-                record[key] = value
-        out.append(record)
-    return out
+def _record_problems(record: Mapping[str, Any], fields: Mapping[str, str], where: str) -> list[str]:
+    problems = []
+    for name, kind in fields.items():
+        if name not in record:
+            problems.append(f"{where} lacks {name!r}")
+        elif (problem := field_problem(name, record[name], kind)) is not None:
+            problems.append(f"{where}: {problem}")
+    return problems
 
 
 def federation_figure(ledgers: Sequence[PrivacyLedger], delta: float, accountant: str = "rdp") -> dict[str, Any]:

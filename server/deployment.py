@@ -19,7 +19,9 @@ from crossrec_core.config import PROJECT_ROOT
 from crossrec_core.errors import CrossrecError
 from server.credentials import CA_CERT, SERVER_CERT, SERVER_KEY
 from server.federation import finished_result
-from server.processes import config_args, connection_toml, executable, flower_env, free_port, stop_tree, wait_for_port
+from server.processes import (
+    config_args, connection_toml, executable, flower_env, free_port, start_listening, stop_tree,
+)
 
 CONNECTION = "crossrec-deploy"  # the operator's flwr connection name
 
@@ -57,13 +59,10 @@ class Superlink:
         ]
 
     def __enter__(self) -> "Superlink":
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, cwd=self.workdir)
         try:
-            wait_for_port(self.port, self.proc, timeout=60, what="flower-superlink", log=self.log)
+            self.proc = start_listening(self.command(), env=self.env, log=self.log, port=self.port,
+                                        what="flower-superlink", cwd=self.workdir)
         except RuntimeError as exc:
-            self.stop()
             raise DeploymentError(str(exc)) from None
         return self
 

@@ -63,6 +63,20 @@ def wait_for_port(port: int, proc: subprocess.Popen, *, timeout: float, what: st
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f} s; see {log}")
 
 
+def start_listening(cmd: list[str], *, env: dict[str, str], log: Path, port: int, what: str,
+                    cwd: Path | None = None, timeout: float = 60) -> subprocess.Popen:
+    """Start ``cmd`` in its own session, output appended to ``log``, and wait until it listens on
+    ``port``; if it exits or time runs out, stop what it started and raise RuntimeError."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
+    try:
+        wait_for_port(port, proc, timeout=timeout, what=what, log=log)
+    except RuntimeError:
+        stop_tree(proc)
+        raise
+    return proc
+
+
 def all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 

@@ -31,7 +31,9 @@ from crossrec_core.reporting import code_version, comparison_markdown, new_run_d
 from crossrec_core.scenario import build_scenario, resolve_data_dir
 from crossrec_core.silo import check_privacy_plans
 from server.federation import finished_result
-from server.processes import config_args, connection_toml, executable, flower_env, free_port, stop_tree, wait_for_port
+from server.processes import (
+    config_args, connection_toml, executable, flower_env, free_port, start_listening, stop_tree,
+)
 
 logger = logging.getLogger("crossrec")
 
@@ -63,12 +65,9 @@ class SimulationLink:
             "--host", "127.0.0.1", "--port", str(self.port), "--database", str(self.home / "state.db"),
             "--disable-runtime-dependency-installation",
         ]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for_port(self.port, self.proc, timeout=60, what="flower-superlink", log=self.log)
+            self.proc = start_listening(cmd, env=self.env, log=self.log, port=self.port, what="flower-superlink")
         except RuntimeError as exc:
-            self.stop()
             raise SimulationError(str(exc)) from None
         return self
 

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from crossrec_core import silo as silo_module
-from crossrec_core.config import load_config
 from crossrec_core.errors import PrivacyError
 from crossrec_core.scenario import build_scenario
 from crossrec_core.silo import (

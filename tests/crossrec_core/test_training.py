@@ -5,10 +5,10 @@ from opacus.accountants import RDPAccountant
 
 from crossrec_core.data import load_silo
 from crossrec_core.errors import PrivacyError
-from crossrec_core.evaluation import HR, ModelScorer, evaluate
+from crossrec_core.evaluation import ModelScorer
 from crossrec_core.keying import hash_ids
 from crossrec_core.model import CrossRecModel
-from crossrec_core.splits import leave_one_out, sample_negatives
+from crossrec_core.splits import leave_one_out
 from crossrec_core.training import (
     DPSettings,
     ShopperData,
