@@ -21,8 +21,18 @@ from crossrec_core.aggregation import apply_update
 from crossrec_core.config import PROJECT_ROOT, RunConfig
 from crossrec_core.errors import ConfigError, PrivacyError
 from crossrec_core.scenario import resolve_data_dir
+from crossrec_core.segments import save_releases
 from crossrec_core.privacy import PrivacyLedger
-from crossrec_core.silo import evaluate_test, load_view, new_ledger, save_silo_model, train_round
+from crossrec_core.silo import (
+    SEGMENT_MODEL_FILE,
+    evaluate_test,
+    fit_segments,
+    load_view,
+    new_ledger,
+    release_segments,
+    save_silo_model,
+    train_round,
+)
 
 logger = logging.getLogger(__name__)
 app = ClientApp()
@@ -99,10 +109,53 @@ def _keep_ledger(context: Context, ledger: PrivacyLedger | None) -> None:
 
 
 @app.query()
-def setup(msg: Message, context: Context) -> Message:
-    """Say which silo this node is, its size, and (with DP) its privacy plan for the whole run; a
-    plan that cannot meet the silo's budget is refused here, before any training."""
+def query(msg: Message, context: Context) -> Message:
+    """Setup (the default), a source's segment release, or the target's segment fitting."""
+    phase = str(msg.content[R.INSTRUCTION].get("phase", R.PHASE_SETUP)) if R.INSTRUCTION in msg.content else R.PHASE_SETUP
+    if phase == R.PHASE_RELEASE:
+        return release(msg, context)
+    if phase == R.PHASE_SEGMENTS:
+        return fit(msg, context)
     return Message(RecordDict({R.SILO: setup_info(context)}), reply_to=msg)
+
+
+def release(msg: Message, context: Context) -> Message:
+    """Segment transfer, on a source: release one randomized segment value per shopper-table row."""
+    view = _view(context)
+    ledger = _ledger(context, view)
+    if ledger is None or not view.config.segment_transfer:
+        raise ConfigError("invalid run config:", ["a segment release needs dp = true and private-transfer = 'segments'"])
+    try:
+        values, metrics = release_segments(view, ledger)
+    except PrivacyError as exc:
+        logger.warning("%s", exc)
+        _keep_ledger(context, ledger)
+        status = R.to_json_config(name=view.name, status=R.STATUS_REFUSED, reason=str(exc), ledger=ledger.as_dict())
+        return Message(RecordDict({R.SILO: status}), reply_to=msg)
+    _keep_ledger(context, ledger)
+    return Message(RecordDict({
+        R.RELEASE: R.to_array_record({"values": values}),
+        R.METRICS: R.to_metric_record(metrics),
+        R.SILO: R.to_json_config(name=view.name, status=R.STATUS_OK, ledger=ledger.as_dict()),
+    }), reply_to=msg)
+
+
+def fit(msg: Message, context: Context) -> Message:
+    """Segment transfer, on the target: fit the segment model from every source's release and its
+    own shoppers, keep it on the silo's side, reply with test metrics."""
+    view = _view(context)
+    releases = R.from_array_record(msg.content[R.RELEASE])
+    model, test, metrics = fit_segments(view, releases)
+    folder = _state_folder(context, view)
+    if folder is not None:
+        model.save(folder / SEGMENT_MODEL_FILE)
+        save_releases(folder, releases)
+    ledger = _ledger(context, view)
+    return Message(RecordDict({
+        R.TEST: R.to_metric_record({f"{g}/{k}": v for g, m in test.items() for k, v in m.items()}),
+        R.METRICS: R.to_metric_record(metrics),
+        R.SILO: R.to_json_config(name=view.name, status=R.STATUS_OK, ledger=ledger.as_dict() if ledger else {}),
+    }), reply_to=msg)
 
 
 def setup_info(context: Context) -> ConfigRecord:
@@ -155,14 +208,21 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+def _state_folder(context: Context, view) -> Path | None:
+    """Where the silo keeps its final model: ``node_config["state-dir"]``, or ``<run-dir>/silos/<silo>/``
+    in simulation (None: nowhere)."""
+    if "state-dir" in context.node_config:
+        return Path(str(context.node_config["state-dir"]))
+    if view.config.run_dir:
+        return Path(view.config.run_dir) / "silos" / view.name
+    return None
+
+
 def _save_model(context: Context, view, shared, result) -> None:
     """Keep the silo's final model (its shared tables after local training + private parts) on the
-    silo's side: ``node_config["state-dir"]``, or ``<run-dir>/silos/<silo>/`` in simulation."""
-    if "state-dir" in context.node_config:
-        folder = Path(str(context.node_config["state-dir"]))
-    elif view.config.run_dir:
-        folder = Path(view.config.run_dir) / "silos" / view.name
-    else:
+    silo's side."""
+    folder = _state_folder(context, view)
+    if folder is None:
         return
     state = apply_update(shared, result.update)
     state.update(result.private)

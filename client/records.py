@@ -18,6 +18,7 @@ INSTRUCTION = "instruction"  # ConfigRecord, server -> silo: phase, round, epoch
 SILO = "silo"  # ConfigRecord, silo -> server: who answered, status, reason, privacy plan
 METRICS = "metrics"  # MetricRecord, silo -> server
 TEST = "test"  # MetricRecord, silo -> server: "<group>/<metric>" test metrics
+RELEASE = "release"  # ArrayRecord: a source's segment values (silo -> server), every source's (server -> target)
 
 # Context state entries kept by a silo across rounds.
 STATE_PRIVATE = "private"
@@ -28,6 +29,8 @@ ROWS_SUFFIX = ".rows"  # int64 indices of the rows a delta holds; absent: the de
 PHASE_SETUP = "setup"
 PHASE_PRETRAIN = PRETRAIN
 PHASE_FINETUNE = FINETUNE
+PHASE_RELEASE = "release"  # segment transfer: a source releases its segment values
+PHASE_SEGMENTS = "segments"  # segment transfer: the target fits its segment model and is tested
 
 STATUS_OK = "ok"
 STATUS_REFUSED = "refused"

@@ -24,6 +24,7 @@ LOSSES = ("bpr", "bce")
 AGGREGATIONS = ("row-mean", "sum", "fedavg")
 HEAD_MODES = ("finetune", "always", "never")
 ACCOUNTANTS = ("rdp", "prv")
+PRIVATE_TRANSFERS = ("segments", "dp-sgd")
 
 
 def _check(predicate: Callable[[Any], bool], expected: str) -> Callable[[Any], str | None]:
@@ -95,8 +96,20 @@ class RunConfig:
     run_dir: str = _key("run-dir", str)
     round_timeout: float = _key("round-timeout", float, _positive)
     secure_noise: bool = _key("secure-noise", bool)
+    private_transfer: str = _key(
+        "private-transfer", str, _check(lambda v: v in PRIVATE_TRANSFERS, f"must be one of {PRIVATE_TRANSFERS}")
+    )
+    segments: int = _key("segments", int, _check(lambda v: 2 <= v <= 256, "must be between 2 and 256"))
+    segment_top_items: int = _key("segment-top-items", int, _positive)
+    segment_kmeans_iters: int = _key("segment-kmeans-iters", int, _check(lambda v: 0 <= v <= 100, "must be between 0 and 100"))
+    segment_gaussian_share: float = _key("segment-gaussian-share", float, _open_fraction)
 
     # ---- derived views -------------------------------------------------------------------
+    @property
+    def segment_transfer(self) -> bool:
+        """The DP run releases segments (``private-transfer = "segments"``) instead of DP-SGD updates."""
+        return self.dp and self.private_transfer == "segments"
+
     @property
     def silo_names(self) -> tuple[str, ...]:
         return tuple(s.strip() for s in self.silos.split(",") if s.strip())

@@ -1,9 +1,11 @@
 """Privacy accounting: each silo's ledger of DP steps, the federation-wide figure, and the report.
 
-A silo's **ledger** lists every DP-SGD call the silo made (phase, round, noise multiplier, sample
-rate, steps) next to the fixed terms of its guarantee (privacy unit, interactions per shopper,
-clipping norm, δ, accountant, budget). ε is always recomputed by the accountant over the whole list,
-so composition across rounds and phases is one accountant run over all the steps taken.
+A silo's **ledger** lists every DP mechanism the silo ran next to the fixed terms of its guarantee
+(privacy unit, interactions per shopper, clipping norm, δ, accountant, budget): Gaussian mechanisms
+(DP-SGD calls and one-shot Gaussian releases: phase, round, noise multiplier, sample rate, steps) and
+pure ε-DP releases (randomized response: its ε). ε is always recomputed over the whole list: the
+accountant composes every Gaussian step at δ, and the pure ε of the other releases is added to it
+(basic composition), so composition across rounds and phases covers every step taken.
 
 The **federation-wide** figure composes the mechanisms of several silos for one shopper who is in
 all of them (a shopper's data in each silo is used by that silo's DP steps; the steps of different
@@ -30,6 +32,9 @@ PRV_EPS_ERROR = 0.01  # the PRV accountant's ε is an upper bound within this of
 MAX_COMBINATIONS = 2000  # silo groups enumerated exactly per group size; above, an RDP upper bound
 
 Step = tuple[float, float, int]  # (noise multiplier, sample rate, number of steps)
+GAUSSIAN = "gaussian"
+RANDOMIZED_RESPONSE = "randomized-response"
+MECHANISMS = (GAUSSIAN, RANDOMIZED_RESPONSE)
 
 
 def epsilon_of(history: Sequence[Step], delta: float, accountant: str = "rdp") -> float:
@@ -95,23 +100,31 @@ class PrivacyLedger:
     # (fresh OS entropy at the silo, known to nobody) or "run seed" (reproducible by anyone who knows
     # the run's seed, e.g. the server: no guarantee against them)
     noise_seed: str = "run seed"
-    entries: list[dict[str, Any]] = field(default_factory=list)  # one per DP training call
+    planned_pure_epsilon: float = 0.0  # pure ε planned for releases (randomized response)
+    entries: list[dict[str, Any]] = field(default_factory=list)  # one per DP mechanism run
     refusals: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def history(self) -> list[Step]:
-        return [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self.entries]
+        """The Gaussian steps taken (what the accountant composes)."""
+        return [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self.entries if mechanism_of(e) == GAUSSIAN]
+
+    @property
+    def pure_epsilon(self) -> float:
+        """The summed ε of the pure ε-DP releases taken."""
+        return sum(float(e["pure_epsilon"]) for e in self.entries if mechanism_of(e) == RANDOMIZED_RESPONSE)
 
     @property
     def steps(self) -> int:
-        return sum(int(e["steps"]) for e in self.entries)
+        return sum(int(s) for _, _, s in self.history)
 
-    def epsilon(self, extra_steps: int = 0) -> float:
-        """ε over every step taken, plus ``extra_steps`` more of the planned mechanism."""
-        history = self.history
+    def epsilon(self, extra_steps: int = 0, extra_pure: float = 0.0, *, extra: Sequence[Step] = ()) -> float:
+        """ε over every mechanism run, plus ``extra_steps`` more of the planned Gaussian step, the
+        Gaussian steps ``extra`` and ``extra_pure`` more pure ε."""
+        history = self.history + [tuple(x) for x in extra]
         if extra_steps:
             history = history + [(self.noise_multiplier, self.sample_rate, int(extra_steps))]
-        return epsilon_of(history, self.delta, self.accountant)
+        return epsilon_of(history, self.delta, self.accountant) + self.pure_epsilon + float(extra_pure)
 
     @property
     def spent(self) -> float:
@@ -134,12 +147,34 @@ class PrivacyLedger:
             )
         return projected
 
+    def check_release(self, *, phase: str, round_number: int, gaussian: Sequence[Step], pure: float) -> float:
+        """Like ``check`` for a release of Gaussian steps ``gaussian`` and pure ``pure`` ε."""
+        projected = self.epsilon(extra=gaussian, extra_pure=pure)
+        if projected > self.epsilon_budget + 1e-9:
+            self.refusals.append({"phase": phase, "round": round_number, "steps": sum(int(n) for _, _, n in gaussian),
+                                  "projected_epsilon": projected, "spent": self.spent})
+            raise PrivacyError(
+                f"{self.silo}: the {phase} would spend ε = {projected:.3f} > budget {self.epsilon_budget} "
+                f"(spent {self.spent:.3f}); refusing"
+            )
+        return projected
+
     def record(self, *, phase: str, round_number: int, steps: int, noise_multiplier: float, sample_rate: float) -> dict[str, Any]:
-        """Add one DP training call and the ε composed over everything so far."""
+        """Add one Gaussian mechanism (a DP training call, a Gaussian release) and the ε composed over
+        everything so far."""
         entry = {"phase": phase, "round": round_number, "steps": int(steps),
                  "noise_multiplier": float(noise_multiplier), "sample_rate": float(sample_rate)}
         self.entries.append(entry)
-        entry["epsilon"] = epsilon_of(self.history, self.delta, self.accountant)
+        entry["epsilon"] = self.epsilon()
+        return entry
+
+    def record_pure(self, *, phase: str, round_number: int, pure_epsilon: float, values: int, choices: int) -> dict[str, Any]:
+        """Add one randomized-response release (``values`` values, each ``pure_epsilon``-DP; a shopper
+        changes at most one of them) and the ε composed over everything so far."""
+        entry = {"phase": phase, "round": round_number, "mechanism": RANDOMIZED_RESPONSE,
+                 "pure_epsilon": float(pure_epsilon), "values": int(values), "choices": int(choices)}
+        self.entries.append(entry)
+        entry["epsilon"] = self.epsilon()
         return entry
 
     def summary(self) -> dict[str, Any]:
@@ -152,6 +187,8 @@ class PrivacyLedger:
             "sample_rate": self.sample_rate,
             "steps": self.steps,
             "planned_steps": self.planned_steps,
+            "pure_epsilon": self.pure_epsilon,
+            "planned_pure_epsilon": self.planned_pure_epsilon,
             "max_grad_norm": self.max_grad_norm,
             "delta": self.delta,
             "accountant": self.accountant,
@@ -172,7 +209,8 @@ class PrivacyLedger:
         if not isinstance(data, Mapping):
             raise ValueError(f"a privacy ledger must be an object, got {type(data).__name__}")
         where = f"ledger of {data.get('silo')!r}" if isinstance(data.get("silo"), str) else "ledger"
-        data = {"privacy_unit": PRIVACY_UNIT, "noise_seed": "run seed", "entries": [], "refusals": [], **data}
+        data = {"privacy_unit": PRIVACY_UNIT, "noise_seed": "run seed", "planned_pure_epsilon": 0.0, "entries": [],
+                "refusals": [], **data}
         problems = _record_problems(data, LEDGER_FIELDS, where)
         records = {}
         for name, fields in (("entries", ENTRY_FIELDS), ("refusals", REFUSAL_FIELDS)):
@@ -181,7 +219,15 @@ class PrivacyLedger:
                 problems.append(f"{where}: {name} must be a list of objects")
                 continue
             for i, item in enumerate(items):
-                problems += _record_problems(item, fields, f"{where} {name}[{i}]")
+                kind = fields
+                if name == "entries":
+                    mechanism = item.get("mechanism", GAUSSIAN)
+                    if mechanism not in MECHANISMS:
+                        problems.append(f"{where} entries[{i}]: mechanism must be one of {', '.join(MECHANISMS)}, "
+                                        f"got {mechanism!r}")
+                        continue
+                    kind = ENTRY_FIELDS if mechanism == GAUSSIAN else PURE_ENTRY_FIELDS
+                problems += _record_problems(item, kind, f"{where} {name}[{i}]")
             records[name] = [dict(item) for item in items]
         if problems:
             raise ValueError("; ".join(problems))
@@ -194,15 +240,23 @@ class PrivacyLedger:
         from its JSON: nothing stated is taken on trust). With RDP the curve of each entry is computed
         once and summed, so a ledger of n entries costs n RDP evaluations, not n^2."""
         copy = PrivacyLedger.from_dict(self.as_dict())
-        if copy.accountant == "rdp":
-            orders = _orders()
-            curve = np.zeros(len(orders))
-            for e in copy.entries:
-                curve = curve + rdp_curve([(e["noise_multiplier"], e["sample_rate"], e["steps"])], orders)
-                e["epsilon"] = epsilon_from_rdp(curve, orders, copy.delta) if curve.any() else 0.0
-        else:
-            for i, e in enumerate(copy.entries):
-                e["epsilon"] = epsilon_of(copy.history[: i + 1], copy.delta, copy.accountant)
+        orders = _orders()
+        curve = np.zeros(len(orders))
+        history: list[Step] = []
+        pure = 0.0
+        gaussian_eps = 0.0
+        for e in copy.entries:
+            if mechanism_of(e) == RANDOMIZED_RESPONSE:
+                pure += float(e["pure_epsilon"])
+            else:
+                step = (e["noise_multiplier"], e["sample_rate"], e["steps"])
+                if copy.accountant == "rdp":
+                    curve = curve + rdp_curve([step], orders)
+                    gaussian_eps = epsilon_from_rdp(curve, orders, copy.delta) if curve.any() else 0.0
+                else:
+                    history.append(step)
+                    gaussian_eps = epsilon_of(history, copy.delta, copy.accountant)
+            e["epsilon"] = gaussian_eps + pure
         return copy
 
 
@@ -237,8 +291,16 @@ LEDGER_FIELDS = {
     "silo": "text", "category": "text", "epsilon_budget": "positive", "delta": "delta", "accountant": "accountant",
     "max_grad_norm": "positive", "max_interactions_per_shopper": "positive count", "noise_multiplier": "positive",
     "sample_rate": "rate", "planned_steps": "count", "privacy_unit": "text", "noise_seed": "noise seed",
+    "planned_pure_epsilon": "non-negative",
 }
 ENTRY_FIELDS = {"phase": "text", "round": "count", "steps": "count", "noise_multiplier": "positive", "sample_rate": "rate"}
+PURE_ENTRY_FIELDS = {"phase": "text", "round": "count", "pure_epsilon": "positive", "values": "positive count",
+                     "choices": "positive count"}
+
+
+def mechanism_of(entry: Mapping[str, Any]) -> str:
+    """The mechanism of a ledger entry (entries without one are Gaussian: DP-SGD calls)."""
+    return str(entry.get("mechanism", GAUSSIAN))
 REFUSAL_FIELDS = {"phase": "text", "round": "count", "steps": "count", "projected_epsilon": "non-negative",
                   "spent": "non-negative"}
 
@@ -281,6 +343,9 @@ def federation_figure(ledgers: Sequence[PrivacyLedger], delta: float, accountant
             curves[id(ledger)] = rdp_curve(ledger.history, orders)
         return curves[id(ledger)]
 
+    def gaussian_epsilon(curve: np.ndarray) -> float:
+        return epsilon_from_rdp(curve, orders, delta) if curve.any() else 0.0
+
     # how many groups of k silos there are (one silo per category): elementary symmetric polynomials
     # of the categories' sizes, so the groups are only listed when there are few enough
     n_groups = [1] + [0] * len(categories)
@@ -294,9 +359,10 @@ def federation_figure(ledgers: Sequence[PrivacyLedger], delta: float, accountant
             best, worst_group = -1.0, ()
             for group in groups:
                 if accountant == "rdp":  # RDP composes by adding curves: each ledger's curve once
-                    eps = epsilon_from_rdp(sum(curve_of(ledger) for ledger in group), orders, delta)
+                    eps = gaussian_epsilon(sum(curve_of(ledger) for ledger in group))
                 else:
                     eps = epsilon_of([h for ledger in group for h in ledger.history], delta, accountant)
+                eps += sum(ledger.pure_epsilon for ledger in group)
                 if eps > best:
                     best, worst_group = eps, group
             out["by_silo_count"][str(k)] = {"epsilon": best, "method": "exact",
@@ -306,12 +372,19 @@ def federation_figure(ledgers: Sequence[PrivacyLedger], delta: float, accountant
                 np.max([curve_of(ledger) for ledger in by_category[c]], axis=0) for c in categories
             ])
             top_k = np.sort(per_category, axis=0)[-k:].sum(axis=0)
-            out["by_silo_count"][str(k)] = {"epsilon": epsilon_from_rdp(top_k, orders, delta),
+            pure = sorted(max(ledger.pure_epsilon for ledger in by_category[c]) for c in categories)[-k:]
+            out["by_silo_count"][str(k)] = {"epsilon": gaussian_epsilon(top_k) + sum(pure),
                                             "method": "rdp upper bound", "worst_silos": []}
     counts = out["by_silo_count"]
     out["all_silos"] = counts[str(len(categories))] if categories else {"epsilon": 0.0, "method": "exact", "worst_silos": []}
     return out
 
 
+def describe_entry(e: Mapping[str, Any]) -> str:
+    if mechanism_of(e) == RANDOMIZED_RESPONSE:
+        return f"{e['phase']} {e['round']}: randomized response, {e['values']} values of {e['choices']}, ε {e['pure_epsilon']:.3f} each"
+    return f"{e['phase']} {e['round']}: {e['steps']} steps"
+
+
 def describe_history(entries: Iterable[Mapping[str, Any]]) -> str:
-    return ", ".join(f"{e['phase']} {e['round']}: {e['steps']} steps" for e in entries)
+    return ", ".join(describe_entry(e) for e in entries)

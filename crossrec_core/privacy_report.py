@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from crossrec_core.errors import CrossrecError, PrivacyError
-from crossrec_core.privacy import PRIVACY_UNIT, PrivacyLedger, federation_figure, field_problem
+from crossrec_core.privacy import PRIVACY_UNIT, PrivacyLedger, describe_entry, federation_figure, field_problem
 from crossrec_core.reporting import write_atomic, write_json
 
 REPORT_JSON = "privacy_report.json"
 REPORT_MD = "privacy_report.md"
 REPORT_PNG = "privacy_budget.png"
+DESIGNS = ("dp-sgd", "segments")  # what the DP run released: shared-table updates, or segment values
 
 ASSUMPTION = (
     "A shopper's interactions in each silo enter that silo's DP steps; silos draw their noise "
@@ -61,8 +62,25 @@ PROTECTED = [
 ]
 
 
+SEGMENTS_PROTECTED = [
+    "Privacy unit: the shopper. Each source silo's ε bounds what its release (one segment value per row "
+    "of the shared shopper table, and the Gaussian statistics that define the segments) reveals about "
+    "all of one shopper's interactions in that silo together.",
+    "What leaves a source silo: once, one value out of K per row of the shopper table, by K-ary "
+    "randomized response (pure ε-DP per value; a shopper's data decides at most one value: the row of "
+    "their first keyed hash). Rows no shopper of the silo hashes to hold the value \"none\", randomized "
+    "the same way, so the release does not reveal who shops at the silo. The segments themselves come "
+    "from a Gaussian histogram of the silo's items and DP k-means (Gaussian steps in the accountant). "
+    "Nothing of a source's model or items leaves it.",
+    "The target silo: receives the releases and fits its segment model from its own shoppers inside the "
+    "target silo. That model is not released and is not differentially private with respect to the "
+    "target's own shoppers (like the popularity ranking the target computes anyway); the target's ledger "
+    "shows no DP step. Its recommendations to a shopper use only the released values at that shopper's row.",
+]
+
+
 def build_report(ledgers: Sequence[PrivacyLedger], *, dp: bool, delta: float, accountant: str,
-                 source: str = "", extra_notes: Sequence[str] = ()) -> dict[str, Any]:
+                 source: str = "", extra_notes: Sequence[str] = (), design: str = "dp-sgd") -> dict[str, Any]:
     """The report's content; every ε in it comes from the accountant over the ledgers' steps."""
     ledgers = [ledger.recomputed() for ledger in ledgers]
     summaries = [ledger.summary() for ledger in ledgers]
@@ -77,7 +95,8 @@ def build_report(ledgers: Sequence[PrivacyLedger], *, dp: bool, delta: float, ac
         "federation": federation_figure(ledgers, delta, accountant) if dp and ledgers else None,
         "federation_assumption": ASSUMPTION,
         "refusals": [{"silo": ledger.silo, **r} for ledger in ledgers for r in ledger.refusals],
-        "notes": list(extra_notes) + PROTECTED,
+        "design": design,
+        "notes": list(extra_notes) + (SEGMENTS_PROTECTED + PROTECTED[2:] if design == "segments" and dp else PROTECTED),
         "silos": [ledger.as_dict() for ledger in ledgers],
     }
 
@@ -97,14 +116,16 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"Per silo, privacy unit **{report['privacy_unit']}**, accountant `{report['accountant']}`. "
             f"Every budget respected: **{'yes' if report['budgets_respected'] else 'NO'}**.",
             "",
-            "| silo | unit | max interactions | noise multiplier | sample rate | steps (taken / planned) "
-            "| clipping norm | δ | accountant | noise seed | ε spent | ε budget | ε remaining | refusals |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| silo | unit | max interactions | noise multiplier | sample rate | Gaussian steps (taken / planned) "
+            "| clipping norm | pure ε (randomized response) | δ | accountant | noise seed | ε spent | ε budget "
+            "| ε remaining | refusals |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in report["summary"]:
             lines.append(
                 f"| {s['silo']} | {s['privacy_unit']} | {s['max_interactions_per_shopper']} | {s['noise_multiplier']:.4f} "
-                f"| {s['sample_rate']:.5f} | {s['steps']} / {s['planned_steps']} | {s['max_grad_norm']:g} | {s['delta']:g} "
+                f"| {s['sample_rate']:.5f} | {s['steps']} / {s['planned_steps']} | {s['max_grad_norm']:g} "
+                f"| {_fmt(s.get('pure_epsilon', 0.0))} | {s['delta']:g} "
                 f"| {s['accountant']} | {s['noise_seed']} | {_fmt(s['epsilon_spent'])} | {s['epsilon_budget']:g} | {_fmt(s['epsilon_remaining'])} "
                 f"| {s['refusals']} |"
             )
@@ -130,11 +151,18 @@ def render_markdown(report: dict[str, Any]) -> str:
                              f"ε = {r['projected_epsilon']:.3f}; refused (spent {r['spent']:.3f}).")
         lines += ["", "## Steps per silo", ""]
         for ledger in report["silos"]:
-            steps = "; ".join(f"{e['phase']} {e['round']}: {e['steps']} steps, ε → {_fmt(e['epsilon'])}" for e in ledger["entries"])
+            steps = "; ".join(f"{describe_entry(e)}, ε → {_fmt(e['epsilon'])}" for e in ledger["entries"])
             lines.append(f"- {ledger['silo']}: {steps or 'no DP step taken'}")
     lines += ["", "## What is and is not protected", ""]
     lines += [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+PREFIXES = ("r", "ft", "rel")
+
+
+def _label(entry: dict[str, Any]) -> str:
+    return f"{ {'finetune': 'ft', 'release': 'rel'}.get(entry['phase'], 'r')}{entry['round']}"
 
 
 def render_plot(report: dict[str, Any], path: Path) -> None:
@@ -152,20 +180,20 @@ def render_plot(report: dict[str, Any], path: Path) -> None:
         labels: list[str] = []
         for ledger in report["silos"]:
             for e in ledger["entries"]:
-                label = f"{'ft' if e['phase'] == 'finetune' else 'r'}{e['round']}"
+                label = _label(e)
                 if label not in labels:
                     labels.append(label)
-        labels.sort(key=lambda x: (x.startswith("ft"), int(x.lstrip("rft"))))
+        labels.sort(key=lambda x: (PREFIXES.index(x.rstrip("0123456789")), int(x.lstrip("relft"))))
         position = {label: i + 1 for i, label in enumerate(labels)}
         cmap = plt.get_cmap("tab10" if len(report["silos"]) <= 10 else "tab20")
         for i, ledger in enumerate(report["silos"]):
             color = cmap(i % cmap.N)
-            xs = [0] + [position[f"{'ft' if e['phase'] == 'finetune' else 'r'}{e['round']}"] for e in ledger["entries"]]
+            xs = [0] + [position[_label(e)] for e in ledger["entries"]]
             ys = [0.0] + [e["epsilon"] for e in ledger["entries"]]
             ax.plot(xs, ys, marker="o", color=color, label=f"{ledger['silo']} (budget {ledger['epsilon_budget']:g})")
             ax.axhline(ledger["epsilon_budget"], color=color, linestyle="--", linewidth=1, alpha=0.8)
         ax.set_xticks(range(len(labels) + 1), ["start"] + labels)
-        ax.set_xlabel("training call (r = federated round, ft = fine-tuning on the target)")
+        ax.set_xlabel("DP mechanism run (r = federated round, ft = fine-tuning on the target, rel = release)")
         ax.set_ylabel(f"ε spent (δ = {report['delta']:g}, {report['accountant']} accountant)")
         ax.set_ylim(bottom=0)
         ax.set_title("Privacy budget spent per silo (dashed: budget)")
@@ -196,9 +224,16 @@ def write_report(folder: Path, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_ledger_report(folder: Path, ledgers: Sequence[PrivacyLedger], *, dp: bool, delta: float, accountant: str,
-                        source: str = "", extra_notes: Sequence[str] = ()) -> dict[str, Any]:
+                        source: str = "", extra_notes: Sequence[str] = (), design: str = "dp-sgd") -> dict[str, Any]:
     return write_report(folder, build_report(ledgers, dp=dp, delta=delta, accountant=accountant, source=source,
-                                             extra_notes=extra_notes))
+                                             extra_notes=extra_notes, design=design))
+
+
+def _design(data: dict[str, Any]) -> str:
+    design = data.get("design", "dp-sgd")
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {', '.join(DESIGNS)}, got {design!r}")
+    return design
 
 
 def read_report(folder: Path) -> tuple[dict[str, Any], list[PrivacyLedger]]:
@@ -217,6 +252,10 @@ def read_report(folder: Path) -> tuple[dict[str, Any], list[PrivacyLedger]]:
         notes = data.get("notes", [])
         if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
             problems.append("notes must be a list of text")
+        try:
+            _design(data)
+        except ValueError as exc:
+            problems.append(str(exc))
         if not isinstance(data.get("silos"), list):
             problems.append(f"silos must be a list of ledgers, got {type(data.get('silos')).__name__}")
         if problems:
@@ -239,10 +278,10 @@ def read_report(folder: Path) -> tuple[dict[str, Any], list[PrivacyLedger]]:
 def rerender(folder: Path) -> dict[str, Any]:
     """Rebuild a folder's report from its ``privacy_report.json`` ledgers, recomputing every ε."""
     data, ledgers = read_report(folder)
-    protected = set(PROTECTED)
+    protected = set(PROTECTED) | set(SEGMENTS_PROTECTED)
     extra = [n for n in data.get("notes", []) if n not in protected]
     return write_ledger_report(folder, ledgers, dp=data["dp"], delta=data["delta"], accountant=data["accountant"],
-                               source=str(data.get("source", "")), extra_notes=extra)
+                               source=str(data.get("source", "")), extra_notes=extra, design=_design(data))
 
 
 def write_run_report(top: Path, federated: dict[str, Path], *, delta: float, accountant: str,
@@ -253,7 +292,7 @@ def write_run_report(top: Path, federated: dict[str, Path], *, delta: float, acc
     """
     notes: list[str] = []
     ledgers: list[PrivacyLedger] = []
-    source = ""
+    source, design = "", "dp-sgd"
     for name, folder in federated.items():
         try:
             data, found = read_report(folder)
@@ -261,15 +300,15 @@ def write_run_report(top: Path, federated: dict[str, Path], *, delta: float, acc
             notes.append(f"{name}: no privacy report could be read ({exc}); its steps are not in this report")
             continue
         if data["dp"]:
-            ledgers, source = found, name
-            notes.extend(n for n in data.get("notes", []) if n not in set(PROTECTED))
+            ledgers, source, design = found, name, _design(data)
+            notes.extend(n for n in data.get("notes", []) if n not in set(PROTECTED) | set(SEGMENTS_PROTECTED))
         else:
             notes.append(f"{name} ran without DP: its updates carry no differential-privacy guarantee (ε = ∞).")
     if baselines:
         notes.append("The centralized baselines (popularity, target-only, pooled) pool data in one place "
                      "without DP: they are reference points, not something to deploy under this report.")
     return write_ledger_report(top, ledgers, dp=bool(source), delta=delta, accountant=accountant,
-                               source=source, extra_notes=notes)
+                               source=source, extra_notes=notes, design=design)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

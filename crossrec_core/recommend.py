@@ -3,9 +3,10 @@
     python -m crossrec_core.recommend RUN_FOLDER --silo Toys --shopper u0123456789ab [-k 10]
 
 RUN_FOLDER is a federated run folder (``federated-dp/``) or the run folder above it (then the DP run
-is used if present). The silo's model is the one it kept on its side (``silos/<silo>/model.npz``).
-A shopper the silo has never seen still gets recommendations: their keyed rows in the shared shopper
-table carry what other silos learned about them (the cold-start case). Items the shopper already has
+is used if present). The silo's model is the one it kept on its side (``silos/<silo>/model.npz``, or
+for a segment-transfer target ``segment_model.npz`` with the releases it received). A shopper the
+silo has never seen still gets recommendations: their keyed rows in the shared shopper table carry
+what other silos learned or released about them (the cold-start case). Items the shopper already has
 in the silo's training data are not recommended again.
 """
 
@@ -25,7 +26,8 @@ from crossrec_core.config import PROJECT_ROOT, RunConfig
 from crossrec_core.errors import CrossrecError
 from crossrec_core.keying import hash_ids
 from crossrec_core.scenario import resolve_data_dir
-from crossrec_core.silo import MODEL_FILE, load_view, new_model
+from crossrec_core.segments import SegmentModel, load_releases, target_features
+from crossrec_core.silo import MODEL_FILE, SEGMENT_MODEL_FILE, load_view, new_model
 
 
 def find_run(folder: Path) -> Path:
@@ -60,6 +62,11 @@ def recommend(run: Path, silo: str, shopper: str, k: int = 10) -> list[tuple[str
     run = find_run(run)
     config = RunConfig.from_mapping(_saved_run_config(run / "config.json"))
     config = resolve_data_dir(config, PROJECT_ROOT)
+    if not shopper.strip():
+        raise CrossrecError("--shopper is empty; give a shopper's user_id as in the silo's data")
+    if (run / "silos" / silo / SEGMENT_MODEL_FILE).exists():
+        scores, view = _segment_scores(run / "silos" / silo, config, silo, shopper)
+        return _top(scores, view, shopper, k)
     model_path = run / "silos" / silo / MODEL_FILE
     if not model_path.exists():
         known = sorted(p.name for p in (run / "silos").glob("*")) if (run / "silos").exists() else []
@@ -74,11 +81,35 @@ def recommend(run: Path, silo: str, shopper: str, k: int = 10) -> list[tuple[str
         raise CrossrecError(f"{model_path}: not a usable model of this run: {type(exc).__name__}: {' '.join(detail)}") from None
     if not all(torch.isfinite(v).all() for v in model.state_dict().values()):
         raise CrossrecError(f"{model_path}: the model holds NaN or infinite values; it cannot rank items")
-    if not shopper.strip():
-        raise CrossrecError("--shopper is empty; give a shopper's user_id as in the silo's data")
     user_rows = hash_ids([shopper], key=config.federation_key, table_size=config.shopper_table_size, namespace="shopper")
     items, bias = model.item_vectors(torch.from_numpy(view.catalogue_rows), silo)
     scores = (model.user_vectors(torch.from_numpy(user_rows), silo) @ items.T + bias).numpy()[0]
+    return _top(scores, view, shopper, k)
+
+
+def _segment_scores(folder: Path, config: RunConfig, silo: str, shopper: str):
+    """A segment-transfer target's scores for ``shopper``: the sources' released values at the
+    shopper's row, through the target's segment model (both kept in the silo's folder)."""
+    path = folder / SEGMENT_MODEL_FILE
+    try:
+        model = SegmentModel.load(path)
+        releases = load_releases(folder)
+        view = load_view(config, silo)
+        user_rows = hash_ids([shopper], key=config.federation_key, table_size=config.shopper_table_size, namespace="shopper")
+        features = target_features({s: releases[s] for s in model.sources}, user_rows, config.segments)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CrossrecError(f"{path}: not a usable segment model of this run: {type(exc).__name__}: {exc}") from None
+    if not (np.isfinite(model.log_pop).all() and np.isfinite(model.ratio).all()) or model.log_pop.shape != (view.split.num_items,):
+        raise CrossrecError(f"{path}: the model holds NaN or infinite values or does not fit the silo's catalogue")
+    position = np.searchsorted(view.split.user_ids, shopper)
+    known = position < view.split.num_users and view.split.user_ids[position] == shopper
+    history = np.array([bool(known) and bool((view.split.train_user == position).any())])
+    return model.scorer(features, history).score_all(np.array([0]))[0], view
+
+
+def _top(scores: np.ndarray, view, shopper: str, k: int) -> list[tuple[str, float]]:
+    """The ``k`` best-scored items, without those the shopper has in the silo's training data."""
+    scores = np.array(scores, dtype=np.float64)
     position = np.searchsorted(view.split.user_ids, shopper)
     if position < view.split.num_users and view.split.user_ids[position] == shopper:
         seen = view.split.train_item[view.split.train_user == position]

@@ -26,6 +26,15 @@ from crossrec_core.evaluation import NDCG, ModelScorer, evaluate
 from crossrec_core.keying import keyed_uniform
 from crossrec_core.model import CrossRecModel, split_state
 from crossrec_core.privacy import PrivacyLedger
+from crossrec_core.segments import (
+    SegmentModel,
+    SegmentPlan,
+    fit_segment_model,
+    has_history,
+    plan_segments,
+    release,
+    target_features,
+)
 from crossrec_core.scenario import COLD, ALL, build_scenario
 from crossrec_core.splits import EvalNegatives, SiloSplit, derive_rng
 from crossrec_core.training import (
@@ -161,6 +170,7 @@ class PrivacyPlan:
     max_grad_norm: float
     accountant: str
     max_interactions_per_shopper: int
+    planned_pure_epsilon: float = 0.0  # segment transfer: the randomized response's ε
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -172,9 +182,24 @@ def plan_privacy(view: SiloView) -> PrivacyPlan:
     return plan_for(view.config, shoppers, is_target=view.is_target)
 
 
+def segment_plan(config: RunConfig) -> SegmentPlan:
+    return plan_segments(epsilon=config.epsilon_budget, delta=config.delta, segments=config.segments,
+                         top_items=config.segment_top_items, kmeans_iters=config.segment_kmeans_iters,
+                         gaussian_share=config.segment_gaussian_share, accountant=config.accountant)
+
+
 def plan_for(config: RunConfig, shoppers: int, *, is_target: bool) -> PrivacyPlan:
     """The privacy plan of a silo with ``shoppers`` DP samples; PrivacyError if the budget cannot
-    cover the planned steps at any noise level."""
+    cover the planned steps at any noise level.
+
+    With segment transfer a source plans its one release (Gaussian steps at sample rate 1 plus the
+    randomized response) and the target plans nothing (it releases nothing)."""
+    if config.segment_transfer:
+        plan = segment_plan(config)
+        steps = 0 if is_target else plan.gaussian_steps
+        return PrivacyPlan(plan.noise_multiplier, 1.0, steps, 0, steps, config.epsilon_budget, config.delta,
+                           1.0, config.accountant, config.max_interactions_per_shopper,
+                           0.0 if is_target else plan.rr_epsilon)
     per_epoch = steps_per_epoch(shoppers, config.dp_batch_size)
     per_round = max(1, round(config.local_epochs * per_epoch))
     finetune = round(config.finetune_epochs * per_epoch) if is_target else 0
@@ -223,7 +248,7 @@ def new_ledger(view: SiloView, plan: PrivacyPlan | None = None) -> PrivacyLedger
         accountant=plan.accountant, max_grad_norm=plan.max_grad_norm,
         max_interactions_per_shopper=plan.max_interactions_per_shopper, noise_multiplier=plan.noise_multiplier,
         sample_rate=plan.sample_rate, planned_steps=plan.planned_steps,
-        noise_seed="secret" if view.config.secure_noise else "run seed",
+        planned_pure_epsilon=plan.planned_pure_epsilon, noise_seed="secret" if view.config.secure_noise else "run seed",
     )
 
 
@@ -282,6 +307,9 @@ def train_round(
     With DP, ``ledger`` (a new one if None) holds the silo's steps so far; the round refuses
     (PrivacyError, refusal recorded in the ledger) when its steps would take ε beyond the budget."""
     config = view.config
+    if config.segment_transfer:
+        raise TrainingError(f"{view.name}: DP-SGD rounds were asked for in a segment-transfer run "
+                            "(private-transfer = 'segments'); set private-transfer = 'dp-sgd' to train with DP-SGD")
     data = view.shopper_data()
     start = time.perf_counter()
     model = _model_for(view, shared, private)
@@ -378,3 +406,52 @@ def save_silo_model(folder: Path, silo: str, state: dict[str, np.ndarray]) -> Pa
     np.savez_compressed(tmp, **state)
     os.replace(tmp, path)
     return path
+
+
+# ---- segment transfer -----------------------------------------------------------------------------
+SEGMENT_MODEL_FILE = "segment_model.npz"
+RELEASE = "release"  # the ledger phase of a source's segment release
+
+
+def _noise_rng(view: SiloView, ledger: PrivacyLedger, *names: str) -> np.random.Generator:
+    """DP randomness: fresh OS entropy (noise seed "secret") or the run seed (reproducible runs)."""
+    if ledger.noise_seed == "secret":
+        return np.random.default_rng(secrets.randbits(128))
+    return derive_rng(view.config.seed, view.name, *names)
+
+
+def release_segments(view: SiloView, ledger: PrivacyLedger) -> tuple[np.ndarray, dict[str, float]]:
+    """The source silo's segment release (one value per shopper-table row), recorded in ``ledger``
+    (refused with PrivacyError, the refusal recorded, if it would exceed the budget)."""
+    config = view.config
+    start = time.perf_counter()
+    plan = segment_plan(config.replace(epsilon_budget=ledger.epsilon_budget, delta=ledger.delta))
+    gaussian = [(plan.noise_multiplier, 1.0, plan.gaussian_steps)]
+    ledger.check_release(phase=RELEASE, round_number=1, gaussian=gaussian, pure=plan.rr_epsilon)
+    values = release(view.split, view.user_rows, config.shopper_table_size, plan, _noise_rng(view, ledger, RELEASE))
+    ledger.record(phase=RELEASE, round_number=1, steps=plan.gaussian_steps,
+                  noise_multiplier=plan.noise_multiplier, sample_rate=1.0)
+    ledger.record_pure(phase=RELEASE, round_number=2, pure_epsilon=plan.rr_epsilon, values=len(values),
+                       choices=plan.segments)
+    metrics = {"release-seconds": time.perf_counter() - start, "epsilon": ledger.spent,
+               "epsilon-budget": ledger.epsilon_budget, "noise-multiplier": plan.noise_multiplier,
+               "rr-epsilon": plan.rr_epsilon, "shoppers": view.split.num_users}
+    return values, metrics
+
+
+def fit_segments(view: SiloView, releases: dict[str, np.ndarray]) -> tuple[SegmentModel, dict[str, dict[str, float]], dict[str, float]]:
+    """The target's segment model from the sources' releases and its own shoppers; its test metrics
+    per group and fitting metrics (validation NDCG@10 of each mixing weight tried)."""
+    start = time.perf_counter()
+    sources = tuple(sorted(releases))
+    features = target_features({s: releases[s] for s in sources}, view.user_rows, view.config.segments)
+    model, val = fit_segment_model(view.split, features, sources, view.config.segments, view.negatives)
+    scorer = model.scorer(features, has_history(view.split))
+    test = {}
+    for group, users in view.groups().items():
+        result = evaluate(scorer, view.split, view.negatives, users, stage="test")
+        test[group] = {**result.metrics, "n": result.num_users}
+    metrics = {"fit-seconds": time.perf_counter() - start, "mix-weight/without-history": model.weights[0],
+               "mix-weight/with-history": model.weights[1],
+               **{f"val-ndcg@10/{group.replace(' ', '-')}/w={w:g}": v for group, by_w in val.items() for w, v in by_w.items()}}
+    return model, test, metrics

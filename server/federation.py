@@ -1,9 +1,13 @@
-"""The federation's phases, driven through a Flower Grid: setup, pre-training rounds over all silos
-with non-diluting aggregation of the shared tensors, then transfer (fine-tuning) on the target silo.
+"""The federation's phases, driven through a Flower Grid: setup, then either
+
+- pre-training rounds over all silos with non-diluting aggregation of the shared tensors, then
+  transfer (fine-tuning) on the target silo (without DP, or with ``private-transfer = "dp-sgd"``), or
+- segment transfer (with DP, ``private-transfer = "segments"``): every source silo releases one
+  randomized segment value per shopper-table row, once; the target fits its segment model from them.
 
 Everything the run produces goes to its run folder as it happens: ``config.json``, ``rounds.jsonl``
-(one line per silo per round, and one summary line per round), then ``federated.json``,
-``shared_arrays.npz`` and ``status.json``.
+(one line per silo per round or release, and one summary line per round), then ``federated.json``,
+``shared_arrays.npz`` (or ``segment_releases.npz``: what the sources released) and ``status.json``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ STATUS_FILE = "status.json"
 ROUNDS_FILE = "rounds.jsonl"
 RESULT_FILE = "federated.json"
 ARRAYS_FILE = "shared_arrays.npz"
+RELEASES_FILE = "segment_releases.npz"
 
 
 class FederationError(CrossrecError):
@@ -119,7 +124,11 @@ class Federation:
             notes.append("no silo reported a privacy ledger (the run stopped before any silo planned its DP work)")
         write_ledger_report(self.run_dir, [self.ledgers[k] for k in sorted(self.ledgers)], dp=self.config.dp,
                             delta=self.config.delta, accountant=self.config.accountant,
-                            source=self.run_dir.name, extra_notes=notes)
+                            source=self.run_dir.name, extra_notes=notes, design=self.design)
+
+    @property
+    def design(self) -> str:
+        return "segments" if self.config.segment_transfer else "dp-sgd"
 
     def train_round(self, global_state: dict[str, np.ndarray], round_number: int, phase: str,
                     nodes: Iterable[int], epochs: float, final: bool) -> tuple[dict[int, tuple[Message, SiloUpdate]], dict[str, Any]]:
@@ -186,9 +195,7 @@ class Federation:
         return global_state
 
     def transfer(self, global_state: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-        targets = [n for n, s in self.silos.items() if s["category"] == self.config.target]
-        if not targets:
-            raise FederationError(f"no node of the target silo {self.config.target!r} took part")
+        targets = self._targets()
         if self.config.finetune_epochs > 0:
             tuned, summary = self.train_round(global_state, 1, R.PHASE_FINETUNE, targets, self.config.finetune_epochs, True)
             self._log(summary)
@@ -200,6 +207,73 @@ class Federation:
             raise FederationError("no target silo returned test metrics")
         return combine_test_metrics([dict(m.content[R.TEST]) for m in ok.values()])
 
+    def _targets(self) -> list[int]:
+        targets = [n for n, s in self.silos.items() if s["category"] == self.config.target]
+        if not targets:
+            raise FederationError(f"no node of the target silo {self.config.target!r} took part")
+        return targets
+
+    def segment_transfer(self) -> dict[str, dict[str, float]]:
+        """Every source silo releases its segment values once; the target fits its segment model from
+        them and returns its test metrics. Sources that fail or refuse are logged and left out."""
+        targets = self._targets()
+        sources = [n for n in self.silos if n not in targets]
+        start = time.perf_counter()
+        instruction = ConfigRecord({"phase": R.PHASE_RELEASE})
+        replies = self._send({n: RecordDict({R.INSTRUCTION: instruction}) for n in sources}, MessageType.QUERY, "release")
+        releases: dict[str, np.ndarray] = {}
+        summary: dict[str, Any] = {"phase": R.PHASE_RELEASE, "failed": [], "refused": []}
+        for node in sources:
+            name = self.silos[node]["name"]
+            reply = replies.get(node)
+            if reply is None or reply.has_error():
+                reason = "no reply" if reply is None else reply.error.reason
+                logger.warning("release: silo %s failed: %s", name, reason)
+                summary["failed"].append(name)
+                self._log({"phase": R.PHASE_RELEASE, "silo": name, "status": "failed", "reason": reason})
+                continue
+            silo = reply.content[R.SILO]
+            self._keep_ledger(silo.get("ledger"))
+            if str(silo["status"]) == R.STATUS_REFUSED:
+                summary["refused"].append(name)
+                self._log({"phase": R.PHASE_RELEASE, "silo": name, "status": "refused", "reason": str(silo["reason"])})
+                continue
+            values = R.from_array_record(reply.content[R.RELEASE]).get("values")
+            if (values is None or values.dtype != np.uint8 or values.shape != (self.config.shopper_table_size,)
+                    or (values.size and int(values.max()) >= self.config.segments)):
+                summary["failed"].append(name)
+                self._log({"phase": R.PHASE_RELEASE, "silo": name, "status": "failed",
+                           "reason": "malformed release (expected one uint8 value below segments per shopper-table row)"})
+                continue
+            metrics = dict(reply.content[R.METRICS])
+            self.epsilon.setdefault(name, []).append(float(metrics.get("epsilon", 0.0)))
+            self._log({"phase": R.PHASE_RELEASE, "silo": name, "status": "ok", "bytes_up": int(values.nbytes), **metrics})
+            releases[name] = values
+        summary.update(silos_ok=len(releases), seconds=round(time.perf_counter() - start, 3))
+        self._log(summary)
+        if not releases:
+            raise FederationError(f"no source silo released segments (failed: {summary['failed']}, "
+                                  f"refused: {summary['refused']})")
+        np.savez_compressed(self.run_dir / RELEASES_FILE, **releases)
+        content = RecordDict({R.INSTRUCTION: ConfigRecord({"phase": R.PHASE_SEGMENTS}), R.RELEASE: R.to_array_record(releases)})
+        replies = self._send({n: content for n in targets}, MessageType.QUERY, "segments")
+        tests = []
+        for node in targets:
+            name = self.silos[node]["name"]
+            reply = replies.get(node)
+            if reply is None or reply.has_error():
+                reason = "no reply" if reply is None else reply.error.reason
+                logger.warning("segments: target %s failed: %s", name, reason)
+                self._log({"phase": R.PHASE_SEGMENTS, "silo": name, "status": "failed", "reason": reason})
+                continue
+            self._keep_ledger(reply.content[R.SILO].get("ledger"))
+            self._log({"phase": R.PHASE_SEGMENTS, "silo": name, "status": "ok",
+                       "bytes_down": int(sum(v.nbytes for v in releases.values())), **dict(reply.content[R.METRICS])})
+            tests.append(dict(reply.content[R.TEST]))
+        if not tests:
+            raise FederationError("no target silo returned test metrics")
+        return combine_test_metrics(tests)
+
     def run(self) -> dict[str, Any]:
         start = time.perf_counter()
         write_json(self.run_dir / STATUS_FILE, {"status": "running"})
@@ -207,14 +281,20 @@ class Federation:
         try:
             nodes = self._wait_for_nodes()
             self.setup(nodes)
-            global_state = self.pretrain(sorted(self.silos))
-            test = self.transfer(global_state)
-            np.savez_compressed(self.run_dir / ARRAYS_FILE, **global_state)
+            if self.config.segment_transfer:
+                test = self.segment_transfer()
+                epsilon_by_silo = {name: ledger.spent for name, ledger in sorted(self.ledgers.items())}
+            else:
+                global_state = self.pretrain(sorted(self.silos))
+                test = self.transfer(global_state)
+                np.savez_compressed(self.run_dir / ARRAYS_FILE, **global_state)
+                epsilon_by_silo = {name: eps[-1] for name, eps in sorted(self.epsilon.items())}
             result = {
                 "dp": self.config.dp,
+                "design": self.design if self.config.dp else "none",
                 "target": self.config.target,
                 "test": test,
-                "epsilon_by_silo": {name: eps[-1] for name, eps in sorted(self.epsilon.items())},
+                "epsilon_by_silo": epsilon_by_silo,
                 "epsilon_history": self.epsilon,
                 "plans": {s["name"]: s["plan"] for s in self.silos.values()},
                 "privacy": {name: ledger.summary() for name, ledger in sorted(self.ledgers.items())},

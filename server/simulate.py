@@ -193,7 +193,8 @@ def _main(args: argparse.Namespace) -> int:
                     logger.error("%s", exc)
                     continue
                 logger.info("federated run (%s) done in %.1f s", variant, time.perf_counter() - t0)
-                label = "federated (DP)" if VARIANTS[variant] else "federated (no DP)"
+                label = ({"segments": "federated (DP, segments)", "dp-sgd": "federated (DP-SGD)"}.get(
+                    results[variant].get("design"), "federated (DP)") if VARIANTS[variant] else "federated (no DP)")
                 rows.extend(federated_rows(results[variant], label))
         rows.extend(pooled)
         write_run_report(top, {f"federated-{v}": top / f"federated-{v}" for v in variants}, delta=config.delta,
@@ -230,6 +231,10 @@ def write_comparison(top: Path, config: RunConfig, scenario, rows, results, deta
         if result["dp"]:
             spent = ", ".join(f"{k} {v:.3f}" for k, v in result["epsilon_by_silo"].items())
             notes.append(f"ε spent per silo ({variant}): {spent} (budget {config.epsilon_budget} each)")
+            if result.get("design") == "segments":
+                notes.append("DP run: segment transfer (each source releases one randomized segment per shopper "
+                             "once; the target's segment model is fitted in the target silo and not released, "
+                             "so the target spends no ε); private-transfer = \"dp-sgd\" runs plain DP-SGD instead")
     markdown = comparison_markdown(rows, title=f"crossrec on target {config.target}", notes=notes)
     write_json(top / "comparison.json", {"rows": rows, "baselines": details, "federated": results,
                                          "wall_seconds": round(seconds, 2)})

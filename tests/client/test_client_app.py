@@ -34,9 +34,9 @@ def test_a_bad_node_budget_is_refused_with_its_key(tmp_path, key, value, message
     assert key in str(err.value)
 
 
-def _setup_reply(data_slice, node_config):
+def _setup_reply(data_slice, node_config, **run_overrides):
     context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(),
-                      run_config=_run_config(data_slice))
+                      run_config=_run_config(data_slice, **run_overrides))
     return dict(client_app.setup_info(context)), context
 
 
@@ -47,8 +47,9 @@ def test_a_node_budget_too_small_for_its_plan_is_refused_at_setup(data_slice):
     assert R.STATE_PRIVACY not in context.state  # nothing planned, nothing trained
 
 
-def test_a_node_budget_override_is_the_one_its_ledger_plans_for(data_slice):
-    info, context = _setup_reply(data_slice, {"partition-id": 0, "epsilon-budget": 3.0})
+@pytest.mark.parametrize("design", ["segments", "dp-sgd"])
+def test_a_node_budget_override_is_the_one_its_ledger_plans_for(data_slice, design):
+    info, context = _setup_reply(data_slice, {"partition-id": 0, "epsilon-budget": 3.0}, **{"private-transfer": design})
     assert info["status"] == R.STATUS_OK and info["name"] == "Beauty"
     plan = json.loads(info["plan"])
     assert plan["epsilon_budget"] == 3.0
@@ -56,7 +57,8 @@ def test_a_node_budget_override_is_the_one_its_ledger_plans_for(data_slice):
     ledger = json.loads(str(context.state[R.STATE_PRIVACY]["ledger"]))
     assert ledger["epsilon_budget"] == 3.0 and ledger["planned_steps"] > 0
     from crossrec_core.privacy import PrivacyLedger
-    full = PrivacyLedger.from_dict(ledger).epsilon(extra_steps=ledger["planned_steps"])
+    full = PrivacyLedger.from_dict(ledger).epsilon(extra_steps=ledger["planned_steps"],
+                                                   extra_pure=ledger["planned_pure_epsilon"])
     assert 2.9 < full <= 3.0
 
 

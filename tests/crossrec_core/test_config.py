@@ -46,6 +46,11 @@ PYPROJECT_DEFAULTS = {
     "run-dir": "",
     "round-timeout": 3600.0,
     "secure-noise": True,
+    "private-transfer": "segments",
+    "segments": 4,
+    "segment-top-items": 64,
+    "segment-kmeans-iters": 4,
+    "segment-gaussian-share": 0.25,
 }
 
 

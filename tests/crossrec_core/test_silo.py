@@ -99,7 +99,7 @@ def test_a_dp_round_sends_every_shopper_row_and_the_catalogue_item_rows(small_co
 
 
 def test_a_silo_never_spends_beyond_its_budget(small_config):
-    config = small_config.replace(**{"dp": True, "epsilon-budget": 2.0})
+    config = small_config.replace(**{"dp": True, "epsilon-budget": 2.0, "private-transfer": "dp-sgd"})
     view = load_view(config, "Beauty")  # a source silo: its plan is exactly the 2 pre-training rounds
     plan = plan_privacy(view)
     assert plan.planned_steps == 2 * plan.steps_per_round and plan.finetune_steps == 0

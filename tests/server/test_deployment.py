@@ -17,7 +17,7 @@ from server.deployment import Superlink, Supernode
 SILOS = ("Beauty", "Toys")
 RUN_CONFIG = {
     "silos": "Beauty,Toys", "num-server-rounds": 2, "shopper-table-size": 8192, "item-table-size": 8192,
-    "embedding-dim": 8, "dp-batch-size": 256,
+    "embedding-dim": 8, "dp-batch-size": 256, "private-transfer": "dp-sgd",  # the DP-SGD path, deployed
 }
 
 pytestmark = pytest.mark.slow

@@ -28,24 +28,34 @@ def test_two_silos_two_rounds_without_and_with_dp(data_slice, tmp_path, monkeypa
     assert simulate.main(args) == 0
 
     out = capsys.readouterr().out
-    assert "| federated (DP) | cold-start |" in out and "| federated (no DP) | all |" in out
+    assert "| federated (DP, segments) | cold-start |" in out and "| federated (no DP) | all |" in out
     top = next(tmp_path.glob("run-*"))
     assert {p.name for p in top.iterdir()} >= {"config.json", "comparison.md", "comparison.json", "federated-dp", "federated-nodp"}
     for variant in ("nodp", "dp"):
         run = top / f"federated-{variant}"
         assert json.loads((run / "status.json").read_text())["status"] == "completed"
-        lines = [json.loads(l) for l in (run / "rounds.jsonl").read_text().splitlines()]
-        per_silo = [l for l in lines if l.get("phase") == "pretrain" and "silo" in l]
-        assert sorted((l["round"], l["silo"]) for l in per_silo) == [(1, "Beauty"), (1, "Toys"), (2, "Beauty"), (2, "Toys")]
-        assert all(l["status"] == "ok" and l["bytes_up"] > 0 for l in per_silo)
-        arrays = np.load(run / "shared_arrays.npz")
-        assert sorted(arrays.files) == ["item_table.weight", "shopper_table.weight"]
-        assert arrays["shopper_table.weight"].shape == (8192, 8)
-    result = json.loads((top / "federated-dp" / "federated.json").read_text())
-    history = result["epsilon_history"]
-    assert history["Beauty"][0] < history["Beauty"][1] <= 8.0  # ε grew every round
-    assert history["Toys"][0] < history["Toys"][1] < history["Toys"][2] <= 8.0  # + fine-tuning
-    assert result["epsilon_by_silo"]["Toys"] == pytest.approx(8.0, abs=0.05)
+    # without DP: pre-training rounds of the shared tables
+    run = top / "federated-nodp"
+    lines = [json.loads(l) for l in (run / "rounds.jsonl").read_text().splitlines()]
+    per_silo = [l for l in lines if l.get("phase") == "pretrain" and "silo" in l]
+    assert sorted((l["round"], l["silo"]) for l in per_silo) == [(1, "Beauty"), (1, "Toys"), (2, "Beauty"), (2, "Toys")]
+    assert all(l["status"] == "ok" and l["bytes_up"] > 0 for l in per_silo)
+    arrays = np.load(run / "shared_arrays.npz")
+    assert sorted(arrays.files) == ["item_table.weight", "shopper_table.weight"]
+    assert arrays["shopper_table.weight"].shape == (8192, 8)
+    # with DP (segment transfer, the default): the source's one release, then the target's fit
+    run = top / "federated-dp"
+    lines = [json.loads(l) for l in (run / "rounds.jsonl").read_text().splitlines()]
+    released = [l for l in lines if l.get("phase") == "release" and "silo" in l]
+    assert [(l["silo"], l["status"], l["bytes_up"]) for l in released] == [("Beauty", "ok", 8192)]
+    fitted = [l for l in lines if l.get("phase") == "segments" and "silo" in l]
+    assert [(l["silo"], l["status"]) for l in fitted] == [("Toys", "ok")]
+    releases = np.load(run / "segment_releases.npz")
+    assert releases.files == ["Beauty"] and releases["Beauty"].shape == (8192,) and releases["Beauty"].max() < 4
+    result = json.loads((run / "federated.json").read_text())
+    assert result["design"] == "segments"
+    assert result["epsilon_by_silo"]["Beauty"] == pytest.approx(8.0, abs=0.05)
+    assert result["epsilon_by_silo"]["Toys"] == 0.0  # the target releases nothing
     # every run folder carries the privacy report; the top one takes its figures from the DP run
     for folder in (top, top / "federated-dp", top / "federated-nodp"):
         assert all((folder / name).stat().st_size > 0 for name in ("privacy_report.json", "privacy_report.md", "privacy_budget.png"))
@@ -54,13 +64,13 @@ def test_two_silos_two_rounds_without_and_with_dp(data_slice, tmp_path, monkeypa
     assert report["dp"] and report["budgets_respected"] and report["source"] == "federated-dp"
     spent = {s["silo"]: s["epsilon_spent"] for s in report["summary"]}
     assert spent == pytest.approx(result["epsilon_by_silo"], abs=1e-6)
-    phases = {l["silo"]: [(e["phase"], e["round"]) for e in l["entries"]] for l in report["silos"]}
-    assert phases == {"Beauty": [("pretrain", 1), ("pretrain", 2)], "Toys": [("pretrain", 1), ("pretrain", 2), ("finetune", 1)]}
-    assert report["federation"]["all_silos"]["epsilon"] > max(spent.values())
+    phases = {l["silo"]: [(e["phase"], e["round"], e.get("mechanism", "gaussian")) for e in l["entries"]] for l in report["silos"]}
+    assert phases == {"Beauty": [("release", 1, "gaussian"), ("release", 2, "randomized-response")], "Toys": []}
+    assert report["federation"]["all_silos"]["epsilon"] == pytest.approx(spent["Beauty"])  # only Beauty releases
     assert any("federated-nodp ran without DP" in n for n in report["notes"])
     assert "privacy report:" in out
     comparison = json.loads((top / "comparison.json").read_text())
-    assert {r["method"] for r in comparison["rows"]} == {"popularity", "target-only", "pooled", "federated (no DP)", "federated (DP)"}
+    assert {r["method"] for r in comparison["rows"]} == {"popularity", "target-only", "pooled", "federated (no DP)", "federated (DP, segments)"}
     # everything started was stopped: the SuperLink's process group is gone
     assert links and links[0].proc.poll() is not None
     with pytest.raises(ProcessLookupError):
