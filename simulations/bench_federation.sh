@@ -77,7 +77,14 @@ for run in sorted(top.glob("federated-*")):
     print(f"\n{run.name}")
     print("| round | phase | wall s | slowest silo s (train) | Flower overhead s | MB down / up per silo |")
     print("|---|---|---|---|---|---|")
-    for s in (l for l in lines if "silos_ok" in l):
+    for s in (l for l in lines if "silos_ok" in l and l.get("phase") == "release"):
+        silos = [l for l in lines if l.get("phase") == "release" and l.get("status") == "ok"]
+        fit = [l for l in lines if l.get("phase") == "segments" and l.get("status") == "ok"]
+        print(f"| release | release | {s['seconds']:.1f} | {max(l['release-seconds'] for l in silos):.1f} (release) "
+              f"| {s['seconds'] - max(l['release-seconds'] for l in silos):.1f} | 0 / {silos[0]['bytes_up'] / 1e6:.2f} |")
+        for l in fit:
+            print(f"| fit | segments ({l['silo']}) | | {l['fit-seconds']:.1f} (fit) | | {l['bytes_down'] / 1e6:.2f} / 0 |")
+    for s in (l for l in lines if "silos_ok" in l and "round" in l):
         silos = [l for l in lines if l.get("round") == s["round"] and l.get("phase") == s["phase"] and l.get("status") == "ok"]
         slow = max(silos, key=lambda l: l["round-seconds"])
         down = silos[0]["bytes_down"] / 1e6; up = silos[0]["bytes_up"] / 1e6
