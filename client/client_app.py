@@ -145,7 +145,9 @@ def fit(msg: Message, context: Context) -> Message:
     own shoppers, keep it on the silo's side, reply with test metrics."""
     view = _view(context)
     releases = R.from_array_record(msg.content[R.RELEASE])
-    model, test, metrics = fit_segments(view, releases)
+    instruction = msg.content[R.INSTRUCTION]
+    rr = {name: float(instruction[f"{R.RR_EPSILON}{name}"]) for name in releases if f"{R.RR_EPSILON}{name}" in instruction}
+    model, test, metrics = fit_segments(view, releases, rr)
     folder = _state_folder(context, view)
     if folder is not None:
         model.save(folder / SEGMENT_MODEL_FILE)

@@ -30,6 +30,7 @@ PHASE_SETUP = "setup"
 PHASE_PRETRAIN = PRETRAIN
 PHASE_FINETUNE = FINETUNE
 PHASE_RELEASE = "release"  # segment transfer: a source releases its segment values
+RR_EPSILON = "rr-epsilon:"  # instruction key prefix, server -> target: a source's randomized-response ε
 PHASE_SEGMENTS = "segments"  # segment transfer: the target fits its segment model and is tested
 
 STATUS_OK = "ok"

@@ -289,7 +289,7 @@ FIELD_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 LEDGER_FIELDS = {
     "silo": "text", "category": "text", "epsilon_budget": "positive", "delta": "delta", "accountant": "accountant",
-    "max_grad_norm": "positive", "max_interactions_per_shopper": "positive count", "noise_multiplier": "positive",
+    "max_grad_norm": "positive", "max_interactions_per_shopper": "positive count", "noise_multiplier": "non-negative",
     "sample_rate": "rate", "planned_steps": "count", "privacy_unit": "text", "noise_seed": "noise seed",
     "planned_pure_epsilon": "non-negative",
 }

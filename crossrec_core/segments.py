@@ -7,15 +7,16 @@ Source silo (privacy unit: the shopper; every step below is a DP mechanism in th
      picks the ``segment-top-items`` most popular items;
   2. each shopper's profile is their items among those, as a unit vector;
   3. DP k-means (``segment-kmeans-iters`` Lloyd steps, each a Gaussian release of the clusters' sums
-     and counts: sensitivity sqrt 2, so noise sqrt 2 σ) finds K - 1 segment centres, starting from
-     the top items (already private); a shopper's segment is the nearest centre, or the last value
-     ("none") if they have none of the top items;
+     and counts: sensitivity sqrt 2, so noise sqrt 2 σ) finds K - 2 segment centres, starting from
+     the top items (already private); a shopper's value is the nearest centre, or K - 2 ("member")
+     if they have none of the top items. With K = 2 steps 1-3 are skipped: the value is membership
+     (K - 2 = 0) against "none";
   4. one value per row of the shared shopper table (the row of the shopper's first keyed hash) is
      released by K-ary randomized response: a row no shopper of the silo hashes to holds "none" and is
      randomized the same way, so the release does not say who shops at the silo. When several shoppers
      hash to one row, the one with the smallest second hash row is used (a rule that ignores their
      data); each shopper changes at most one released value.
-  Steps 1 and 3 are ``1 + segment-kmeans-iters`` Gaussian mechanisms, composed by the accountant at δ
+  Steps 1 and 3 are ``1 + segment-kmeans-iters`` Gaussian mechanisms (1 with K = 3, none with K = 2), composed by the accountant at δ
   (``segment-gaussian-share`` of the budget); step 4 is pure ε-DP with the rest of the budget. The
   two are added (basic composition).
 
@@ -87,8 +88,16 @@ class SegmentPlan:
     rr_epsilon: float
 
     @property
+    def clusters(self) -> int:
+        """Segments found by k-means; the other two values are "member, none of the top items" and "none"."""
+        return self.segments - 2
+
+    @property
     def gaussian_steps(self) -> int:
-        return 1 + self.kmeans_iters
+        """The histogram and the Lloyd steps; none with K = 2 (the value is membership alone)."""
+        if self.clusters == 0:
+            return 0
+        return 1 + (self.kmeans_iters if self.clusters > 1 else 0)
 
 
 def plan_segments(*, epsilon: float, delta: float, segments: int, top_items: int, kmeans_iters: int,
@@ -98,10 +107,15 @@ def plan_segments(*, epsilon: float, delta: float, segments: int, top_items: int
     from crossrec_core.privacy import epsilon_of
     from crossrec_core.training import calibrate_noise
 
-    steps = 1 + kmeans_iters
-    sigma = calibrate_noise(epsilon=gaussian_share * epsilon, delta=delta, sample_rate=1.0, steps=steps,
-                            accountant=accountant)  # type: ignore[arg-type]
-    spent = epsilon_of([(sigma, 1.0, steps)], delta, accountant)
+    if segments < 2:
+        raise ValueError(f"segments must be at least 2, got {segments}")
+    steps = SegmentPlan(segments, top_items, kmeans_iters, 0.0, 0.0, 0.0).gaussian_steps
+    if steps:
+        sigma = calibrate_noise(epsilon=gaussian_share * epsilon, delta=delta, sample_rate=1.0, steps=steps,
+                                accountant=accountant)  # type: ignore[arg-type]
+        spent = epsilon_of([(sigma, 1.0, steps)], delta, accountant)
+    else:
+        sigma, spent = 0.0, 0.0
     rr = epsilon - spent
     if rr <= 0:
         raise PrivacyError(f"the Gaussian steps spend ε = {spent:.3f} of the budget {epsilon}: nothing left "
@@ -124,16 +138,20 @@ def _unit_rows(m: sp.csr_matrix) -> sp.csr_matrix:
 
 
 def shopper_segments(split: SiloSplit, plan: SegmentPlan, rng: np.random.Generator | None) -> np.ndarray:
-    """Each shopper's segment (0 .. K-2, or K-1 = "none") from DP top items and DP k-means; ``rng``
+    """Each shopper's value: a k-means segment (0 .. K-3) from DP top items and DP k-means, or K-2
+    ("member": none of the top items, or K = 2); K-1 ("none") is for rows without a shopper. ``rng``
     None computes the same without noise (for measurements only)."""
     x = interaction_matrix(split)
+    member = plan.segments - 2
+    if plan.clusters == 0:
+        return np.full(split.num_users, member)
     hist = np.asarray(_unit_rows(x).sum(axis=0)).ravel()
     if rng is not None:
         hist = gaussian(hist, plan.noise_multiplier, rng)
     top = np.argsort(-hist, kind="stable")[: plan.top_items]
     profiles = _unit_rows(x[:, top]).toarray().astype(np.float64)
     has = profiles.any(axis=1)
-    clusters = plan.segments - 1
+    clusters = plan.clusters
     centres = np.eye(len(top))[:clusters]
     if len(centres) < clusters:  # fewer top items than clusters: the rest start empty
         centres = np.vstack([centres, np.zeros((clusters - len(centres), len(top)))])
@@ -141,7 +159,7 @@ def shopper_segments(split: SiloSplit, plan: SegmentPlan, rng: np.random.Generat
     def nearest(c: np.ndarray) -> np.ndarray:
         return np.argmax(profiles @ (c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)).T, axis=1)
 
-    for _ in range(plan.kmeans_iters):
+    for _ in range(plan.kmeans_iters if clusters > 1 else 0):
         assign = nearest(centres)
         sums = np.zeros((clusters, len(top)))
         np.add.at(sums, assign[has], profiles[has])
@@ -153,7 +171,7 @@ def shopper_segments(split: SiloSplit, plan: SegmentPlan, rng: np.random.Generat
         moved = np.linalg.norm(fresh, axis=1) > 0
         centres[moved] = fresh[moved]
     segment = nearest(centres)
-    segment[~has] = plan.segments - 1
+    segment[~has] = member
     return segment
 
 
@@ -188,7 +206,7 @@ class SegmentModel:
     and ``weights[1]`` for the others."""
 
     log_pop: np.ndarray  # [items]
-    ratio: np.ndarray  # [sources, K, items] P_s(i | value) / p(i)
+    ratio: np.ndarray  # [2, sources, K, items] P_s(i | value) / p(i) for shoppers without / with history
     weights: tuple[float, float]
     sources: tuple[str, ...]
 
@@ -196,16 +214,16 @@ class SegmentModel:
         """Scores of shoppers with released values ``features`` [shoppers, sources] and whether each
         has training history in the target."""
         w_cold, w_warm = self.weights if weights is None else weights
-        lifts = {w: np.log((1.0 - w) + w * self.ratio).astype(np.float32) for w in {w_cold, w_warm}}
+        lifts = [np.log((1.0 - w) + w * self.ratio[g]).astype(np.float32) for g, w in enumerate((w_cold, w_warm))]
         log_pop = self.log_pop.astype(np.float32)
 
         def score_all(users: np.ndarray) -> np.ndarray:
             out = np.broadcast_to(log_pop, (len(users), len(log_pop))).copy()
             warm = has_history[users]
-            for w, mask in ((w_cold, ~warm), (w_warm, warm)):
+            for g, mask in enumerate((~warm, warm)):
                 if mask.any():
                     for s in range(len(self.sources)):
-                        out[mask] += lifts[w][s][features[users[mask], s]]
+                        out[mask] += lifts[g][s][features[users[mask], s]]
             return out
 
         return FunctionScorer(lambda users, items: np.take_along_axis(score_all(users), items, axis=1), score_all)
@@ -237,23 +255,67 @@ def target_features(releases: dict[str, np.ndarray], user_rows: np.ndarray, segm
     return np.stack(columns, axis=1) if columns else np.zeros((len(user_rows), 0), dtype=np.int64)
 
 
+def channel(segments: int, epsilon: float | None) -> np.ndarray:
+    """K-ary randomized response as a matrix: [released, true] probabilities (identity without noise)."""
+    if epsilon is None:
+        return np.eye(segments)
+    keep = keep_probability(segments, epsilon)
+    m = np.full((segments, segments), (1.0 - keep) / (segments - 1))
+    np.fill_diagonal(m, keep)
+    return m
+
+
+def _true_shares(m: np.ndarray, values: np.ndarray, segments: int) -> np.ndarray:
+    """The shares of the true values behind released ``values`` (the channel inverted, clipped)."""
+    observed = np.bincount(values, minlength=segments) / max(len(values), 1)
+    shares = np.clip(np.linalg.solve(m, observed), 1e-6, None)
+    return shares / shares.sum()
+
+
+def _posterior(m: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """[released, true]: P(true | released) under the channel and the true values' shares."""
+    joint = m * shares[None, :]
+    return joint / joint.sum(axis=1, keepdims=True)
+
+
 def fit_segment_model(split: SiloSplit, features: np.ndarray, sources: tuple[str, ...], segments: int,
-                      negatives: EvalNegatives) -> tuple[SegmentModel, dict[str, dict[float, float]]]:
+                      negatives: EvalNegatives, rr_epsilons: dict[str, float | None] | None = None,
+                      ) -> tuple[SegmentModel, dict[str, dict[float, float]]]:
     """Count each released value's items among the target's training shoppers, then pick the mixing
     weight with the best validation NDCG@10 (sampled), separately for shoppers without training
     history in the target (cold-start) and with. Returns the model and, per group, the validation
-    NDCG@10 of every weight tried."""
+    NDCG@10 of every weight tried.
+
+    Shoppers with history are scored with what their released value's shoppers bought. For shoppers
+    without history the randomized response is undone with its public channel (``rr_epsilons``: each
+    source's randomized-response ε, None for an exact release): the item distribution of every true
+    value is recovered from the released ones among shoppers with history (the channel and the true
+    values' shares among them, both known or estimated from the released values), then mixed again with
+    the posterior of the true value among shoppers *without* history, whose shares are estimated from
+    their own released values. The two groups differ (a shopper new to the target but active in a source
+    is a member there far more often than the target's regular shoppers), so a released value means more
+    for them than the first group's counts say."""
+    rr_epsilons = rr_epsilons or {}
     x = interaction_matrix(split)
     pop = np.asarray(x.sum(axis=0)).ravel().astype(np.float64)
     p = (pop + 0.1) / (pop + 0.1).sum()
-    ratio = np.ones((len(sources), segments, split.num_items))
-    for s in range(len(sources)):
+    has_history = np.diff(x.indptr) > 0
+    ratio = np.ones((2, len(sources), segments, split.num_items))
+    for s, name in enumerate(sources):
         onehot = sp.csr_matrix((np.ones(split.num_users), (np.arange(split.num_users), features[:, s])),
                                shape=(split.num_users, segments))
         counts = np.asarray((onehot.T @ x).todense())  # [K, items]
         cond = (counts + p[None, :]) / (counts.sum(axis=1, keepdims=True) + 1.0)
-        ratio[s] = cond / p[None, :]
-    has_history = np.diff(x.indptr) > 0
+        ratio[1, s] = cond / p[None, :]
+        m = channel(segments, rr_epsilons.get(name))
+        if (~has_history).any() and has_history.any():
+            true = np.linalg.solve(_posterior(m, _true_shares(m, features[has_history, s], segments)), cond)
+            true = np.clip(true, 0.05 * p[None, :], None)
+            true /= true.sum(axis=1, keepdims=True)
+            cold = _posterior(m, _true_shares(m, features[~has_history, s], segments)) @ true
+            ratio[0, s] = cold / p[None, :]
+        else:
+            ratio[0, s] = ratio[1, s]
     model = SegmentModel(np.log(p), ratio, (0.0, 0.0), tuple(sources))
     chosen, scores = [], {}
     for group, users in ((COLD_GROUP, np.flatnonzero(~has_history)), (WARM_GROUP, np.flatnonzero(has_history))):

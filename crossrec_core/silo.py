@@ -426,12 +426,13 @@ def release_segments(view: SiloView, ledger: PrivacyLedger) -> tuple[np.ndarray,
     config = view.config
     start = time.perf_counter()
     plan = segment_plan(config.replace(epsilon_budget=ledger.epsilon_budget, delta=ledger.delta))
-    gaussian = [(plan.noise_multiplier, 1.0, plan.gaussian_steps)]
+    gaussian = [(plan.noise_multiplier, 1.0, plan.gaussian_steps)] if plan.gaussian_steps else []
     ledger.check_release(phase=RELEASE, round_number=1, gaussian=gaussian, pure=plan.rr_epsilon)
     values = release(view.split, view.user_rows, config.shopper_table_size, plan, _noise_rng(view, ledger, RELEASE))
-    ledger.record(phase=RELEASE, round_number=1, steps=plan.gaussian_steps,
-                  noise_multiplier=plan.noise_multiplier, sample_rate=1.0)
-    ledger.record_pure(phase=RELEASE, round_number=2, pure_epsilon=plan.rr_epsilon, values=len(values),
+    if plan.gaussian_steps:
+        ledger.record(phase=RELEASE, round_number=1, steps=plan.gaussian_steps,
+                      noise_multiplier=plan.noise_multiplier, sample_rate=1.0)
+    ledger.record_pure(phase=RELEASE, round_number=2 if plan.gaussian_steps else 1, pure_epsilon=plan.rr_epsilon, values=len(values),
                        choices=plan.segments)
     metrics = {"release-seconds": time.perf_counter() - start, "epsilon": ledger.spent,
                "epsilon-budget": ledger.epsilon_budget, "noise-multiplier": plan.noise_multiplier,
@@ -439,13 +440,18 @@ def release_segments(view: SiloView, ledger: PrivacyLedger) -> tuple[np.ndarray,
     return values, metrics
 
 
-def fit_segments(view: SiloView, releases: dict[str, np.ndarray]) -> tuple[SegmentModel, dict[str, dict[str, float]], dict[str, float]]:
-    """The target's segment model from the sources' releases and its own shoppers; its test metrics
-    per group and fitting metrics (validation NDCG@10 of each mixing weight tried)."""
+def fit_segments(view: SiloView, releases: dict[str, np.ndarray], rr_epsilons: dict[str, float | None],
+                 ) -> tuple[SegmentModel, dict[str, dict[str, float]], dict[str, float]]:
+    """The target's segment model from the sources' releases (randomized with ``rr_epsilons``, public
+    in their ledgers) and its own shoppers; its test metrics per group and fitting metrics (validation
+    NDCG@10 of each mixing weight tried)."""
     start = time.perf_counter()
     sources = tuple(sorted(releases))
+    missing = [s for s in sources if s not in rr_epsilons]
+    if missing:
+        raise ValueError(f"no randomized-response ε for the release of {', '.join(missing)}")
     features = target_features({s: releases[s] for s in sources}, view.user_rows, view.config.segments)
-    model, val = fit_segment_model(view.split, features, sources, view.config.segments, view.negatives)
+    model, val = fit_segment_model(view.split, features, sources, view.config.segments, view.negatives, rr_epsilons)
     scorer = model.scorer(features, has_history(view.split))
     test = {}
     for group, users in view.groups().items():

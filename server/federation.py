@@ -27,7 +27,7 @@ from client import records as R
 from crossrec_core.aggregation import SiloUpdate, aggregate
 from crossrec_core.config import RunConfig
 from crossrec_core.errors import CrossrecError
-from crossrec_core.privacy import PrivacyLedger
+from crossrec_core.privacy import RANDOMIZED_RESPONSE, PrivacyLedger, mechanism_of
 from crossrec_core.privacy_report import write_ledger_report
 from crossrec_core.reporting import code_version, write_json
 from crossrec_core.scenario import ALL, COLD
@@ -255,7 +255,12 @@ class Federation:
             raise FederationError(f"no source silo released segments (failed: {summary['failed']}, "
                                   f"refused: {summary['refused']})")
         np.savez_compressed(self.run_dir / RELEASES_FILE, **releases)
-        content = RecordDict({R.INSTRUCTION: ConfigRecord({"phase": R.PHASE_SEGMENTS}), R.RELEASE: R.to_array_record(releases)})
+        # each release's randomized-response ε (public: the source's ledger), for undoing its channel
+        rr = {f"{R.RR_EPSILON}{name}": sum(float(e["pure_epsilon"]) for e in self.ledgers[name].entries
+                                           if mechanism_of(e) == RANDOMIZED_RESPONSE and e["phase"] == R.PHASE_RELEASE)
+              for name in releases}
+        instruction = ConfigRecord({"phase": R.PHASE_SEGMENTS, **rr})
+        content = RecordDict({R.INSTRUCTION: instruction, R.RELEASE: R.to_array_record(releases)})
         replies = self._send({n: content for n in targets}, MessageType.QUERY, "segments")
         tests = []
         for node in targets:

@@ -62,7 +62,8 @@ def main() -> None:
                 releases[name] = release(scenario.splits[name], scenario.user_rows[name], config.shopper_table_size,
                                          plan, rng)
             features = target_features(releases, scenario.user_rows[config.target], config.segments)
-            model, _ = fit_segment_model(target, features, tuple(sources), config.segments, negatives)
+            rr = {name: None if eps is None else plan.rr_epsilon for name in sources}
+            model, _ = fit_segment_model(target, features, tuple(sources), config.segments, negatives, rr)
             scorer = model.scorer(features, has_history(target))
             val, test = ndcg(scorer, "val"), ndcg(scorer, "test")
             print(f"| {label.strip()} | {draw + 1} | {model.weights[0]:g} / {model.weights[1]:g} | {val[0]:.4f} / {val[1]:.4f} | "

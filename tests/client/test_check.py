@@ -5,7 +5,7 @@ from client import check
 
 def _args(_data_dir, node_config: str):
     return ["--node-config", node_config, "-c", "silos=Beauty,Toys", "-c", "shopper-table-size=8192",
-            "-c", "item-table-size=8192", "-c", "num-server-rounds=2"]
+            "-c", "item-table-size=8192", "-c", "num-server-rounds=2", "-c", "private-transfer=dp-sgd"]
 
 
 def test_a_ready_silo_is_described_with_its_privacy_plan(data_slice, capsys):

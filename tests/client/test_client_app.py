@@ -41,7 +41,7 @@ def _setup_reply(data_slice, node_config, **run_overrides):
 
 
 def test_a_node_budget_too_small_for_its_plan_is_refused_at_setup(data_slice):
-    info, context = _setup_reply(data_slice, {"partition-id": 1, "epsilon-budget": 1e-7})
+    info, context = _setup_reply(data_slice, {"partition-id": 1, "epsilon-budget": 1e-7}, **{"private-transfer": "dp-sgd"})
     assert info["status"] == R.STATUS_REFUSED and info["name"] == "Toys"
     assert "epsilon" in info["reason"].lower() or "ε" in info["reason"]
     assert R.STATE_PRIVACY not in context.state  # nothing planned, nothing trained
@@ -55,7 +55,8 @@ def test_a_node_budget_override_is_the_one_its_ledger_plans_for(data_slice, desi
     assert plan["epsilon_budget"] == 3.0
     # the planned work, all of it, is what the accountant says the budget allows: ε(plan) <= 3
     ledger = json.loads(str(context.state[R.STATE_PRIVACY]["ledger"]))
-    assert ledger["epsilon_budget"] == 3.0 and ledger["planned_steps"] > 0
+    assert ledger["epsilon_budget"] == 3.0
+    assert ledger["planned_steps"] > 0 if design == "dp-sgd" else ledger["planned_pure_epsilon"] > 0
     from crossrec_core.privacy import PrivacyLedger
     full = PrivacyLedger.from_dict(ledger).epsilon(extra_steps=ledger["planned_steps"],
                                                    extra_pure=ledger["planned_pure_epsilon"])

@@ -47,7 +47,7 @@ PYPROJECT_DEFAULTS = {
     "round-timeout": 3600.0,
     "secure-noise": True,
     "private-transfer": "segments",
-    "segments": 4,
+    "segments": 2,
     "segment-top-items": 64,
     "segment-kmeans-iters": 4,
     "segment-gaussian-share": 0.25,

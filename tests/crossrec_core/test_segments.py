@@ -56,7 +56,7 @@ def _exact_gaussian_delta(eps: float, sigma: float, steps: int) -> float:
 @pytest.mark.parametrize("epsilon", [8.0, 2.0])
 def test_plan_splits_the_budget_and_its_gaussian_part_holds_by_the_exact_formula(epsilon):
     plan = plan_segments(epsilon=epsilon, delta=1e-5, segments=8, top_items=64, kmeans_iters=4, gaussian_share=0.25)
-    assert plan.gaussian_steps == 5
+    assert plan.gaussian_steps == 5 and plan.clusters == 6
     assert plan.gaussian_epsilon <= 0.25 * epsilon + 1e-9
     assert plan.gaussian_epsilon + plan.rr_epsilon == pytest.approx(epsilon)
     # the accountant's ε for the Gaussian steps really holds at δ (independent exact computation)
@@ -98,7 +98,7 @@ class RecordingRng:
 
 
 def test_source_noise_is_the_planned_gaussian_noise_on_sensitivity_one_and_sqrt2_statistics():
-    plan = plan_segments(epsilon=8.0, delta=1e-5, segments=4, top_items=3, kmeans_iters=2, gaussian_share=0.25)
+    plan = plan_segments(epsilon=8.0, delta=1e-5, segments=5, top_items=3, kmeans_iters=2, gaussian_share=0.25)
     split = _split([[0, 1], [0], [1, 2], [2], [3]], num_items=4)
     rng = RecordingRng()
     shopper_segments(split, plan, rng)
@@ -122,16 +122,32 @@ def test_each_shopper_changes_one_table_value_and_collisions_ignore_data():
 
 
 def test_release_covers_every_row_and_segments_follow_profiles():
-    # two kinds of shoppers: item 0, and items {1, 2}; one shopper without any item
-    user_items = [[0]] * 30 + [[1, 2]] * 30 + [[]]
+    # two kinds of shoppers: item 0, and items {1, 2}; others with only item 3 (not a top item)
+    user_items = [[0]] * 30 + [[1, 2]] * 30 + [[3]] * 2
     split = _split(user_items, num_items=4)
-    plan = plan_segments(epsilon=8.0, delta=1e-5, segments=3, top_items=4, kmeans_iters=3, gaussian_share=0.25)
+    plan = plan_segments(epsilon=8.0, delta=1e-5, segments=4, top_items=3, kmeans_iters=3, gaussian_share=0.25)
+    assert plan.clusters == 2 and plan.gaussian_steps == 4
     exact = shopper_segments(split, plan, None)
     assert len(set(exact[:30])) == 1 and len(set(exact[30:60])) == 1 and exact[0] != exact[30]
-    assert exact[60] == 2  # no top item: "none"
-    rows = np.stack([np.arange(61) * 2, np.arange(61)], axis=1)
+    assert set(exact[:60]) == {0, 1}
+    assert exact[60] == exact[61] == 2  # a member without a top item: "member" (K - 2)
+    rows = np.stack([np.arange(62) * 2, np.arange(62)], axis=1)
+    exact_table = release(split, rows, 200, plan, None)
+    assert (exact_table[rows[:, 0]] == exact).all() and (np.delete(exact_table, rows[:, 0]) == 3).all()  # "none"
     out = release(split, rows, 200, plan, np.random.default_rng(0))
-    assert out.dtype == np.uint8 and out.shape == (200,) and out.max() < 3
+    assert out.dtype == np.uint8 and out.shape == (200,) and out.max() < 4
+
+
+def test_two_values_release_membership_alone_with_the_whole_budget():
+    plan = plan_segments(epsilon=2.0, delta=1e-5, segments=2, top_items=64, kmeans_iters=4, gaussian_share=0.25)
+    assert plan.gaussian_steps == 0 and plan.rr_epsilon == 2.0 and plan.gaussian_epsilon == 0.0
+    split = _split([[0], [1, 2], [3]], num_items=4)
+    rng = RecordingRng()
+    rows = np.array([[0, 5], [2, 6], [4, 7]])
+    exact = release(split, rows, 8, plan, None)
+    assert exact.tolist() == [0, 1, 0, 1, 0, 1, 1, 1]  # members 0, "none" 1
+    release(split, rows, 8, plan, rng)
+    assert rng.normal_calls == []  # no Gaussian step: nothing but the randomized response
 
 
 def test_target_features_check_the_release_shape():
@@ -151,7 +167,7 @@ def test_segment_model_by_hand_and_weight_chosen_on_validation():
     model, scores = fit_segment_model(split, features, ("A",), 2, negatives)
     # popularity [2, 1, 1, 0] + 0.1 over 4.4; value 0 counts [2, 1, 0, 0] (+ p) over 3 + 1
     p0 = 2.1 / 4.4
-    assert model.ratio[0, 0, 0] == pytest.approx(((2 + p0) / 4) / p0)
+    assert model.ratio[1, 0, 0, 0] == pytest.approx(((2 + p0) / 4) / p0)  # shoppers with history
     assert model.log_pop[3] == pytest.approx(math.log(0.1 / 4.4))
     weights = {round(0.1 * i, 1) for i in range(10)}
     for group, w in zip(("without history", "with history"), model.weights):
@@ -204,3 +220,16 @@ def test_ledger_rejects_bad_randomized_response_entries(change, message):
     data["entries"][0].update(change)
     with pytest.raises(ValueError, match=message):
         PrivacyLedger.from_dict(data)
+
+
+def test_the_channel_is_inverted_by_hand():
+    from crossrec_core.segments import _posterior, _true_shares, channel
+
+    m = channel(2, math.log(3))  # keep 3/4
+    assert m.tolist() == [[0.75, 0.25], [0.25, 0.75]]
+    assert channel(3, None).tolist() == np.eye(3).tolist()
+    # true shares (0.2, 0.8) are released as (0.75 * 0.2 + 0.25 * 0.8, ...) = (0.35, 0.65)
+    values = np.array([0] * 35 + [1] * 65)
+    assert _true_shares(m, values, 2) == pytest.approx([0.2, 0.8])
+    # P(true | released 0) = (0.75 * 0.2, 0.25 * 0.8) / 0.35
+    assert _posterior(m, np.array([0.2, 0.8]))[0] == pytest.approx([0.15 / 0.35, 0.2 / 0.35])

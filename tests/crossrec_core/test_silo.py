@@ -19,8 +19,9 @@ from crossrec_core.silo import (
 
 @pytest.fixture(scope="module")
 def small_config(slice_config):
+    # DP here means DP-SGD rounds (the segment release has its own tests below)
     return slice_config.replace(**{"silos": "Beauty,Toys", "num-server-rounds": 2, "local-epochs": 1.0,
-                                   "finetune-epochs": 1.0, "embedding-dim": 8})
+                                   "finetune-epochs": 1.0, "embedding-dim": 8, "private-transfer": "dp-sgd"})
 
 
 def test_category_of_names_categories_and_merchants(small_config):
@@ -142,3 +143,35 @@ def test_dp_randomness_is_secret_by_default_and_reproducible_only_when_asked(sma
     assert not np.array_equal(secret[0], secret[1])
     seeded = two_rounds(base.replace(**{"secure-noise": False}))
     assert np.array_equal(seeded[0], seeded[1])
+
+
+@pytest.mark.parametrize("segments", [2, 4])
+def test_a_segment_release_spends_the_budget_once_with_secret_randomness(small_config, segments):
+    from crossrec_core.silo import fit_segments, new_ledger, release_segments
+
+    config = small_config.replace(**{"dp": True, "private-transfer": "segments", "segments": segments,
+                                     "epsilon-budget": 2.0, "shopper-table-size": 8192})
+    view = load_view(config, "Beauty")
+    releases = []
+    for secure in (True, True, False, False):
+        c = config.replace(**{"secure-noise": secure})
+        v = load_view(c, "Beauty")
+        ledger = new_ledger(v)
+        values, metrics = release_segments(v, ledger)
+        assert values.dtype == np.uint8 and values.shape == (8192,) and values.max() < segments
+        assert ledger.spent == pytest.approx(2.0, abs=0.01) and ledger.spent <= 2.0 + 1e-9
+        assert metrics["epsilon"] == ledger.spent
+        releases.append(values)
+        with pytest.raises(PrivacyError):  # a second release would exceed the budget
+            release_segments(v, ledger)
+        assert len(ledger.refusals) == 1
+    assert not np.array_equal(releases[0], releases[1])  # secret: fresh noise every call
+    assert np.array_equal(releases[2], releases[3])  # run seed: reproducible
+    # the target fits from the release and is tested on its own shoppers
+    target = load_view(config, "Toys")
+    rr = new_ledger(view).planned_pure_epsilon
+    model, test, metrics = fit_segments(target, {"Beauty": releases[0]}, {"Beauty": rr})
+    assert set(test) == {"cold-start", "all"} and test["all"]["n"] == target.split.num_users
+    assert 0 <= metrics["mix-weight/without-history"] <= 0.9
+    with pytest.raises(ValueError, match="randomized-response"):
+        fit_segments(target, {"Beauty": releases[0]}, {})
