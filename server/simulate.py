@@ -232,9 +232,10 @@ def write_comparison(top: Path, config: RunConfig, scenario, rows, results, deta
             spent = ", ".join(f"{k} {v:.3f}" for k, v in result["epsilon_by_silo"].items())
             notes.append(f"ε spent per silo ({variant}): {spent} (budget {config.epsilon_budget} each)")
             if result.get("design") == "segments":
-                notes.append("DP run: segment transfer (each source releases one randomized segment per shopper "
-                             "once; the target's segment model is fitted in the target silo and not released, "
-                             "so the target spends no ε); private-transfer = \"dp-sgd\" runs plain DP-SGD instead")
+                notes.append(f"DP run: segment transfer (each source releases once, by randomized response, one of "
+                             f"{config.segments} values per shopper-table row: {'membership' if config.segments == 2 else 'membership and segment'}; "
+                             "the target's segment model is fitted in the target silo and not released, so the "
+                             "target spends no ε); private-transfer = \"dp-sgd\" runs plain DP-SGD instead")
     markdown = comparison_markdown(rows, title=f"crossrec on target {config.target}", notes=notes)
     write_json(top / "comparison.json", {"rows": rows, "baselines": details, "federated": results,
                                          "wall_seconds": round(seconds, 2)})

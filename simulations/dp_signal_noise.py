@@ -115,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     overrides = {"dp": True, **dict(parse_override(o) for o in args.overrides)}
     for eps in [float(e) for e in args.epsilons.split(",")]:
-        config = resolve_data_dir(load_config({**overrides, "epsilon-budget": eps}), PROJECT_ROOT)
+        config = resolve_data_dir(load_config({"private-transfer": "dp-sgd", **overrides, "epsilon-budget": eps}), PROJECT_ROOT)
         view = load_view(config, args.silo)
         plan = plan_privacy(view)
         shared = initial_shared(config)
