@@ -100,7 +100,7 @@ class RunConfig:
         "private-transfer", str, _check(lambda v: v in PRIVATE_TRANSFERS, f"must be one of {PRIVATE_TRANSFERS}")
     )
     segments: int = _key("segments", int, _check(lambda v: 2 <= v <= 256, "must be between 2 and 256"))
-    segment_top_items: int = _key("segment-top-items", int, _positive)
+    segment_top_items: int = _key("segment-top-items", int, _check(lambda v: 1 <= v <= 4096, "must be between 1 and 4096"))
     segment_kmeans_iters: int = _key("segment-kmeans-iters", int, _check(lambda v: 0 <= v <= 100, "must be between 0 and 100"))
     segment_gaussian_share: float = _key("segment-gaussian-share", float, _open_fraction)
 

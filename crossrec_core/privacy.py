@@ -284,6 +284,7 @@ FIELD_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "rate": ("a number in (0, 1]", lambda v: (f := _finite(v)) is not None and 0 < f <= 1),
     "count": ("an integer >= 0", _integer_at_least(0)),
     "positive count": ("an integer >= 1", _integer_at_least(1)),
+    "choices": ("an integer >= 2", _integer_at_least(2)),
     "accountant": ("one of " + ", ".join(ACCOUNTANTS), lambda v: v in ACCOUNTANTS),
     "noise seed": ("one of " + ", ".join(NOISE_SEEDS), lambda v: v in NOISE_SEEDS),
 }
@@ -295,7 +296,7 @@ LEDGER_FIELDS = {
 }
 ENTRY_FIELDS = {"phase": "text", "round": "count", "steps": "count", "noise_multiplier": "positive", "sample_rate": "rate"}
 PURE_ENTRY_FIELDS = {"phase": "text", "round": "count", "pure_epsilon": "positive", "values": "positive count",
-                     "choices": "positive count"}
+                     "choices": "choices"}
 
 
 def mechanism_of(entry: Mapping[str, Any]) -> str:

@@ -26,7 +26,7 @@ from crossrec_core.config import PROJECT_ROOT, RunConfig
 from crossrec_core.errors import CrossrecError
 from crossrec_core.keying import hash_ids
 from crossrec_core.scenario import resolve_data_dir
-from crossrec_core.segments import SegmentModel, load_releases, target_features
+from crossrec_core.segments import RELEASES_FILE, SegmentModel, load_releases, target_features
 from crossrec_core.silo import MODEL_FILE, SEGMENT_MODEL_FILE, load_view, new_model
 
 
@@ -62,14 +62,15 @@ def recommend(run: Path, silo: str, shopper: str, k: int = 10) -> list[tuple[str
     run = find_run(run)
     config = RunConfig.from_mapping(_saved_run_config(run / "config.json"))
     config = resolve_data_dir(config, PROJECT_ROOT)
-    if not shopper.strip():
+    shopper = shopper.strip()
+    if not shopper:
         raise CrossrecError("--shopper is empty; give a shopper's user_id as in the silo's data")
     if (run / "silos" / silo / SEGMENT_MODEL_FILE).exists():
         scores, view = _segment_scores(run / "silos" / silo, config, silo, shopper)
         return _top(scores, view, shopper, k)
     model_path = run / "silos" / silo / MODEL_FILE
     if not model_path.exists():
-        known = sorted(p.name for p in (run / "silos").glob("*")) if (run / "silos").exists() else []
+        known = sorted(p.parent.name for name in (MODEL_FILE, SEGMENT_MODEL_FILE) for p in (run / "silos").glob(f"*/{name}"))
         raise CrossrecError(f"no model of silo {silo!r} in {run} (silos with a model: {', '.join(known) or 'none'})")
     view = load_view(config, silo)
     model = new_model(config, [silo], sparse=False)
@@ -90,17 +91,23 @@ def recommend(run: Path, silo: str, shopper: str, k: int = 10) -> list[tuple[str
 def _segment_scores(folder: Path, config: RunConfig, silo: str, shopper: str):
     """A segment-transfer target's scores for ``shopper``: the sources' released values at the
     shopper's row, through the target's segment model (both kept in the silo's folder)."""
+    view = load_view(config, silo)
     path = folder / SEGMENT_MODEL_FILE
     try:
-        model = SegmentModel.load(path)
-        releases = load_releases(folder)
-        view = load_view(config, silo)
-        user_rows = hash_ids([shopper], key=config.federation_key, table_size=config.shopper_table_size, namespace="shopper")
-        features = target_features({s: releases[s] for s in model.sources}, user_rows, config.segments)
+        model = SegmentModel.load(path, segments=config.segments, items=view.split.num_items)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise CrossrecError(f"{path}: not a usable segment model of this run: {type(exc).__name__}: {exc}") from None
-    if not (np.isfinite(model.log_pop).all() and np.isfinite(model.ratio).all()) or model.log_pop.shape != (view.split.num_items,):
-        raise CrossrecError(f"{path}: the model holds NaN or infinite values or does not fit the silo's catalogue")
+    try:
+        releases = load_releases(folder)
+        missing = [s for s in model.sources if s not in releases]
+        if missing:
+            raise KeyError(f"no release of {', '.join(missing)}")
+        user_rows = hash_ids([shopper], key=config.federation_key, table_size=config.shopper_table_size, namespace="shopper")
+        features = target_features({s: releases[s] for s in model.sources}, user_rows, config.segments,
+                                   config.shopper_table_size)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CrossrecError(f"{folder / RELEASES_FILE}: not the releases this model was fitted from: "
+                            f"{type(exc).__name__}: {exc}") from None
     position = np.searchsorted(view.split.user_ids, shopper)
     known = position < view.split.num_users and view.split.user_ids[position] == shopper
     history = np.array([bool(known) and bool((view.split.train_user == position).any())])

@@ -8,12 +8,15 @@ Source silo (privacy unit: the shopper; every step below is a DP mechanism in th
   2. each shopper's profile is their items among those, as a unit vector;
   3. DP k-means (``segment-kmeans-iters`` Lloyd steps, each a Gaussian release of the clusters' sums
      and counts: sensitivity sqrt 2, so noise sqrt 2 σ) finds K - 2 segment centres, starting from
-     the top items (already private); a shopper's value is the nearest centre, or K - 2 ("member")
+     the top items (already private); a shopper's value is the nearest centre (ties, e.g. no top
+     item in common with any centre, go to the first), or K - 2 ("member")
      if they have none of the top items. With K = 2 steps 1-3 are skipped: the value is membership
      (K - 2 = 0) against "none";
   4. one value per row of the shared shopper table (the row of the shopper's first keyed hash) is
      released by K-ary randomized response: a row no shopper of the silo hashes to holds "none" and is
-     randomized the same way, so the release does not say who shops at the silo. When several shoppers
+     randomized the same way, so who shops at the silo is protected exactly as much as the rest, by
+     ε: no more. At ε = 8 the true value is kept with probability 0.9997 (K = 2), so anyone holding the
+     federation key (every silo) reads membership almost exactly; at ε = 2 with probability 0.88. When several shoppers
      hash to one row, the one with the smallest second hash row is used (a rule that ignores their
      data); each shopper changes at most one released value.
   Steps 1 and 3 are ``1 + segment-kmeans-iters`` Gaussian mechanisms (1 with K = 3, none with K = 2), composed by the accountant at δ
@@ -25,7 +28,8 @@ counts the items of each released value. A shopper's score for item ``i`` is
 
     log p(i) + sum over sources s of log((1 - w) + w * P_s(i | value) / p(i))
 
-with p the target's item popularity. The mixing weight w is chosen on the target's validation items
+with p the target's item popularity; for shoppers without history in the target, P_s(i | value) is
+the channel-corrected mixture described in ``fit_segment_model``. The mixing weight w is chosen on the target's validation items
 (test items are never looked at), once for shoppers without training history in the target (the
 cold-start case: the target knows who has none) and once for the others. The target's model is fitted inside the
 target silo from its own shoppers and is not released: like the popularity baseline, it is not
@@ -45,7 +49,8 @@ from crossrec_core.errors import PrivacyError
 from crossrec_core.evaluation import NDCG, FunctionScorer, evaluate
 from crossrec_core.splits import EvalNegatives, SiloSplit
 
-MIX_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(10))  # w = 0 is popularity
+MIX_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))  # w = 0 is popularity; ratios > 0, so w = 1 is safe
+MIN_SIGNAL = 1e-6  # a channel whose kept and swapped probabilities differ by less carries no information
 COLD_GROUP, WARM_GROUP = "without history", "with history"  # the target's shoppers, for the weights
 
 
@@ -111,8 +116,14 @@ def plan_segments(*, epsilon: float, delta: float, segments: int, top_items: int
         raise ValueError(f"segments must be at least 2, got {segments}")
     steps = SegmentPlan(segments, top_items, kmeans_iters, 0.0, 0.0, 0.0).gaussian_steps
     if steps:
-        sigma = calibrate_noise(epsilon=gaussian_share * epsilon, delta=delta, sample_rate=1.0, steps=steps,
-                                accountant=accountant)  # type: ignore[arg-type]
+        try:
+            sigma = calibrate_noise(epsilon=gaussian_share * epsilon, delta=delta, sample_rate=1.0, steps=steps,
+                                    accountant=accountant)  # type: ignore[arg-type]
+        except (PrivacyError, ArithmeticError) as exc:
+            raise PrivacyError(f"segments = {segments}: the {steps} Gaussian steps (histogram, k-means) cannot "
+                               f"meet segment-gaussian-share x ε = {gaussian_share * epsilon:g}: {exc}; raise "
+                               "segment-gaussian-share, lower segment-kmeans-iters, or use segments = 2 "
+                               "(membership alone, no Gaussian step)") from None
         spent = epsilon_of([(sigma, 1.0, steps)], delta, accountant)
     else:
         sigma, spent = 0.0, 0.0
@@ -149,7 +160,7 @@ def shopper_segments(split: SiloSplit, plan: SegmentPlan, rng: np.random.Generat
     if rng is not None:
         hist = gaussian(hist, plan.noise_multiplier, rng)
     top = np.argsort(-hist, kind="stable")[: plan.top_items]
-    profiles = _unit_rows(x[:, top]).toarray().astype(np.float64)
+    profiles = _unit_rows(x[:, top]).toarray().astype(np.float32)
     has = profiles.any(axis=1)
     clusters = plan.clusters
     centres = np.eye(len(top))[:clusters]
@@ -236,19 +247,38 @@ class SegmentModel:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> "SegmentModel":
+    def load(cls, path: Path, *, segments: int, items: int) -> "SegmentModel":
+        """The model saved at ``path``; ValueError unless it fits ``segments`` values and ``items`` items."""
         with np.load(path, allow_pickle=False) as z:
-            w = z["weights"]
-            return cls(z["log_pop"], z["ratio"], (float(w[0]), float(w[1])), tuple(str(s) for s in z["sources"]))
+            log_pop, ratio, weights, sources = z["log_pop"], z["ratio"], z["weights"], z["sources"]
+        sources = tuple(str(s) for s in np.atleast_1d(sources))
+        problems = []
+        if log_pop.shape != (items,) or log_pop.dtype.kind != "f" or not np.isfinite(log_pop).all():
+            problems.append(f"log_pop must be {items} finite numbers (the silo's catalogue)")
+        if ratio.shape != (2, len(sources), segments, items) or ratio.dtype.kind != "f" or not (
+                np.isfinite(ratio).all() and (ratio > 0).all()):
+            problems.append(f"ratio must be positive finite numbers of shape (2, {len(sources)}, {segments}, {items})")
+        if weights.shape != (2,) or weights.dtype.kind != "f" or not ((weights >= 0) & (weights <= 1)).all():
+            problems.append("weights must be two numbers in [0, 1]")
+        if len(set(sources)) != len(sources):
+            problems.append(f"sources named twice: {sources}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return cls(log_pop, ratio, (float(weights[0]), float(weights[1])), sources)
 
 
-def target_features(releases: dict[str, np.ndarray], user_rows: np.ndarray, segments: int) -> np.ndarray:
-    """[shoppers, sources] the value each source released at each target shopper's first row."""
+def target_features(releases: dict[str, np.ndarray], user_rows: np.ndarray, segments: int,
+                    table_size: int | None = None) -> np.ndarray:
+    """[shoppers, sources] the value each source released at each target shopper's first row. Each
+    release must be one unsigned integer below ``segments`` per shopper-table row (``table_size``)."""
     columns = []
     for name, values in releases.items():
         values = np.asarray(values)
-        if values.ndim != 1 or (values.size and int(values.max()) >= segments):
-            raise ValueError(f"release of {name!r}: expected one value in [0, {segments}) per table row")
+        if values.ndim != 1 or values.dtype.kind != "u" or (values.size and int(values.max()) >= segments):
+            raise ValueError(f"release of {name!r}: expected one unsigned integer value in [0, {segments}) per "
+                             f"shopper-table row, got {values.dtype} of shape {values.shape}")
+        if table_size is not None and values.size != table_size:
+            raise ValueError(f"release of {name!r} has {values.size} rows; the shopper table has {table_size}")
         if values.size <= int(user_rows[:, 0].max(initial=0)):
             raise ValueError(f"release of {name!r} has {values.size} rows; the shopper table has more")
         columns.append(values[user_rows[:, 0]].astype(np.int64))
@@ -308,7 +338,9 @@ def fit_segment_model(split: SiloSplit, features: np.ndarray, sources: tuple[str
         cond = (counts + p[None, :]) / (counts.sum(axis=1, keepdims=True) + 1.0)
         ratio[1, s] = cond / p[None, :]
         m = channel(segments, rr_epsilons.get(name))
-        if (~has_history).any() and has_history.any():
+        if m[0, 0] - m[min(1, segments - 1), 0] < MIN_SIGNAL:  # the values are (almost) pure noise
+            ratio[:, s] = 1.0
+        elif (~has_history).any() and has_history.any():
             true = np.linalg.solve(_posterior(m, _true_shares(m, features[has_history, s], segments)), cond)
             true = np.clip(true, 0.05 * p[None, :], None)
             true /= true.sum(axis=1, keepdims=True)

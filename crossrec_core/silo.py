@@ -195,11 +195,13 @@ def plan_for(config: RunConfig, shoppers: int, *, is_target: bool) -> PrivacyPla
     With segment transfer a source plans its one release (Gaussian steps at sample rate 1 plus the
     randomized response) and the target plans nothing (it releases nothing)."""
     if config.segment_transfer:
+        if is_target:  # the target releases nothing: no noise to plan
+            return PrivacyPlan(0.0, 1.0, 0, 0, 0, config.epsilon_budget, config.delta, 1.0, config.accountant,
+                               config.max_interactions_per_shopper, 0.0)
         plan = segment_plan(config)
-        steps = 0 if is_target else plan.gaussian_steps
-        return PrivacyPlan(plan.noise_multiplier, 1.0, steps, 0, steps, config.epsilon_budget, config.delta,
-                           1.0, config.accountant, config.max_interactions_per_shopper,
-                           0.0 if is_target else plan.rr_epsilon)
+        return PrivacyPlan(plan.noise_multiplier, 1.0, plan.gaussian_steps, 0, plan.gaussian_steps,
+                           config.epsilon_budget, config.delta, 1.0, config.accountant,
+                           config.max_interactions_per_shopper, plan.rr_epsilon)
     per_epoch = steps_per_epoch(shoppers, config.dp_batch_size)
     per_round = max(1, round(config.local_epochs * per_epoch))
     finetune = round(config.finetune_epochs * per_epoch) if is_target else 0
@@ -450,7 +452,8 @@ def fit_segments(view: SiloView, releases: dict[str, np.ndarray], rr_epsilons: d
     missing = [s for s in sources if s not in rr_epsilons]
     if missing:
         raise ValueError(f"no randomized-response ε for the release of {', '.join(missing)}")
-    features = target_features({s: releases[s] for s in sources}, view.user_rows, view.config.segments)
+    features = target_features({s: releases[s] for s in sources}, view.user_rows, view.config.segments,
+                               view.config.shopper_table_size)
     model, val = fit_segment_model(view.split, features, sources, view.config.segments, view.negatives, rr_epsilons)
     scorer = model.scorer(features, has_history(view.split))
     test = {}

@@ -61,7 +61,8 @@ def main() -> None:
                 rng = None if eps is None else derive_rng(config.seed, "segment-transfer", name, label, str(draw))
                 releases[name] = release(scenario.splits[name], scenario.user_rows[name], config.shopper_table_size,
                                          plan, rng)
-            features = target_features(releases, scenario.user_rows[config.target], config.segments)
+            features = target_features(releases, scenario.user_rows[config.target], config.segments,
+                                       config.shopper_table_size)
             rr = {name: None if eps is None else plan.rr_epsilon for name in sources}
             model, _ = fit_segment_model(target, features, tuple(sources), config.segments, negatives, rr)
             scorer = model.scorer(features, has_history(target))

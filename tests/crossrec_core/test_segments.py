@@ -155,8 +155,13 @@ def test_target_features_check_the_release_shape():
     assert target_features({"A": np.array([0, 1, 2, 0, 2], dtype=np.uint8)}, rows, 3).tolist() == [[1], [2]]
     with pytest.raises(ValueError, match="rows"):
         target_features({"A": np.zeros(3, dtype=np.uint8)}, rows, 3)
-    with pytest.raises(ValueError, match="one value"):
+    with pytest.raises(ValueError, match="one unsigned integer value"):
         target_features({"A": np.full(5, 3, dtype=np.uint8)}, rows, 3)
+    for bad in (np.full(5, -1, dtype=np.int8), np.full(5, 0.7), np.ones(5, dtype=bool), np.array(["a"] * 5)):
+        with pytest.raises(ValueError, match="one unsigned integer value"):
+            target_features({"A": bad}, rows, 3)
+    with pytest.raises(ValueError, match="shopper table has 5"):
+        target_features({"A": np.zeros(6, dtype=np.uint8)}, rows, 3, table_size=5)
 
 
 def test_segment_model_by_hand_and_weight_chosen_on_validation():
@@ -169,7 +174,7 @@ def test_segment_model_by_hand_and_weight_chosen_on_validation():
     p0 = 2.1 / 4.4
     assert model.ratio[1, 0, 0, 0] == pytest.approx(((2 + p0) / 4) / p0)  # shoppers with history
     assert model.log_pop[3] == pytest.approx(math.log(0.1 / 4.4))
-    weights = {round(0.1 * i, 1) for i in range(10)}
+    weights = {round(0.1 * i, 1) for i in range(11)}
     for group, w in zip(("without history", "with history"), model.weights):
         assert set(scores[group]) == weights and scores[group][w] == max(scores[group].values())
     history = has_history(split)
@@ -233,3 +238,58 @@ def test_the_channel_is_inverted_by_hand():
     assert _true_shares(m, values, 2) == pytest.approx([0.2, 0.8])
     # P(true | released 0) = (0.75 * 0.2, 0.25 * 0.8) / 0.35
     assert _posterior(m, np.array([0.2, 0.8]))[0] == pytest.approx([0.15 / 0.35, 0.2 / 0.35])
+
+
+def test_a_saved_segment_model_is_checked_on_load(tmp_path):
+    from crossrec_core.segments import SegmentModel
+
+    good = SegmentModel(np.log(np.full(4, 0.25)), np.ones((2, 1, 2, 4)), (0.5, 0.2), ("A",))
+    good.save(tmp_path / "m.npz")
+    loaded = SegmentModel.load(tmp_path / "m.npz", segments=2, items=4)
+    assert loaded.weights == (0.5, 0.2) and loaded.sources == ("A",)
+    with pytest.raises(ValueError, match="ratio"):
+        SegmentModel.load(tmp_path / "m.npz", segments=3, items=4)
+    with pytest.raises(ValueError, match="log_pop"):
+        SegmentModel.load(tmp_path / "m.npz", segments=2, items=5)
+    for bad in (SegmentModel(good.log_pop, good.ratio, (float("nan"), 0.2), ("A",)),
+                SegmentModel(good.log_pop, good.ratio, (5.0, 0.2), ("A",)),
+                SegmentModel(good.log_pop, -good.ratio, (0.5, 0.2), ("A",)),
+                SegmentModel(good.log_pop, np.ones((2, 2, 2, 4)), (0.5, 0.2), ("A", "A"))):
+        bad.save(tmp_path / "bad.npz")
+        with pytest.raises(ValueError):
+            SegmentModel.load(tmp_path / "bad.npz", segments=2, items=4)
+
+
+def test_a_release_without_information_gives_no_lift():
+    # ε so small that the randomized response keeps and swaps values alike: the target ignores it
+    split = _split([[0], [0, 1], [2], []], num_items=4, val=[1, 0, 3, 1])
+    features = np.array([[0], [0], [1], [0]])
+    negatives = EvalNegatives(val=np.array([[2, 3]] * 4), test=np.array([[2, 3]] * 4))
+    model, _ = fit_segment_model(split, features, ("A",), 2, negatives, {"A": 1e-17})
+    assert np.all(model.ratio == 1.0)
+
+
+def test_a_plan_the_gaussian_steps_cannot_meet_names_the_segment_settings():
+    with pytest.raises(PrivacyError, match="segment-gaussian-share"):
+        plan_segments(epsilon=0.05, delta=1e-5, segments=4, top_items=64, kmeans_iters=4, gaussian_share=0.25)
+    plan = plan_segments(epsilon=0.05, delta=1e-5, segments=2, top_items=64, kmeans_iters=4, gaussian_share=0.25)
+    assert plan.rr_epsilon == 0.05  # membership alone: any ε > 0 can be planned
+
+
+def test_a_report_of_releases_must_say_it_is_a_segment_run(tmp_path):
+    import json
+
+    from crossrec_core.errors import CrossrecError
+    from crossrec_core.privacy_report import read_report, rerender, write_ledger_report
+
+    ledger = _segment_ledger()
+    ledger.record_pure(phase="release", round_number=1, pure_epsilon=8.0, values=100, choices=2)
+    report = write_ledger_report(tmp_path, [ledger], dp=True, delta=1e-5, accountant="rdp", design="segments")
+    assert report["summary"][0]["epsilon_spent"] == pytest.approx(8.0)
+    assert any("Membership is protected by ε" in n for n in report["notes"])
+    assert rerender(tmp_path)["design"] == "segments"
+    data = json.loads((tmp_path / "privacy_report.json").read_text())
+    for change in ({"design": "dp-sgd"}, {"silos": data["silos"] * 2}):
+        (tmp_path / "privacy_report.json").write_text(json.dumps({**data, **change}))
+        with pytest.raises(CrossrecError):
+            read_report(tmp_path)
