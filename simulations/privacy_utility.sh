@@ -2,7 +2,8 @@
 # Named experiment: the privacy-utility curve on the bundled data. One main-job run at ε = 8 with the
 # baselines and the federation without DP, then the federation with DP at ε = 4, 2 and 1 (no
 # baselines: the same splits give the same reference rows), then the table and plot of the target's
-# NDCG@10 against ε. About 7 minutes per DP run plus 12 for the first on a 2-core machine.
+# NDCG@10 against ε. About 1-1.5 minutes per DP run (segment transfer) plus 5 for the first on a
+# 2-core machine (with private-transfer=dp-sgd: about 7 per DP run plus 12).
 # Usage: simulations/privacy_utility.sh [-c key=value ...]   (extra overrides go to every run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
