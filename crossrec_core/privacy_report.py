@@ -69,9 +69,10 @@ SEGMENTS_PROTECTED = [
     "What leaves a source silo: once, one value out of K per row of the shopper table, by K-ary "
     "randomized response (pure ε-DP per value; a shopper's data decides at most one value: the row of "
     "their first keyed hash). Rows no shopper of the silo hashes to hold the value \"none\", randomized "
-    "the same way, so the release does not reveal who shops at the silo. The segments themselves come "
-    "from a Gaussian histogram of the silo's items and DP k-means (Gaussian steps in the accountant). "
-    "Nothing of a source's model or items leaves it.",
+    "the same way, so who shops at the silo is protected by the same ε. With K = 2 the value is "
+    "membership alone and nothing else is computed from the data; with K > 2 the segments of members "
+    "come from a Gaussian histogram of the silo's items and DP k-means (Gaussian steps in the "
+    "accountant). Nothing of a source's model or items leaves it.",
     "The target silo: receives the releases and fits its segment model from its own shoppers inside the "
     "target silo. That model is not released and is not differentially private with respect to the "
     "target's own shoppers (like the popularity ranking the target computes anyway); the target's ledger "
@@ -79,10 +80,15 @@ SEGMENTS_PROTECTED = [
     "Membership is protected by ε and no more: with K = 2 at ε = 8 the true value of a row is kept with "
     "probability 0.9997, so anyone holding the federation key (every silo, the target included) reads who "
     "shops at a source almost exactly; at ε = 2 with probability 0.88, at ε = 1 0.73.",
-    "Columns `max interactions` and `clipping norm` are DP-SGD terms: a release uses all of a shopper's "
-    "training items, as one unit vector (norm 1). Randomness of a release: numpy's PCG64 generator seeded "
+    "Columns `max interactions` and `clipping norm` are DP-SGD terms (and the noise multiplier and sample "
+    "rate mean nothing when a silo took no Gaussian step): with K > 2 a release's statistics use all of "
+    "a shopper's training items as one unit vector (norm 1). Randomness of a release: numpy's PCG64 generator seeded "
     "from the silo's OS entropy (`secret`) or from the run seed (`run seed`); not a cryptographically "
     "secure generator.",
+    "Not covered by ε: the metrics a source sends with its release (its number of shoppers, seconds) and "
+    "the target's test metrics and fitting metrics (validation NDCG@10 per mixing weight), exact aggregates "
+    "over the silo's data. The federation-wide figure counts only silos that released something (the "
+    "target adds ε 0).",
 ]
 
 
@@ -103,7 +109,7 @@ def build_report(ledgers: Sequence[PrivacyLedger], *, dp: bool, delta: float, ac
         "federation_assumption": ASSUMPTION,
         "refusals": [{"silo": ledger.silo, **r} for ledger in ledgers for r in ledger.refusals],
         "design": design,
-        "notes": list(extra_notes) + (SEGMENTS_PROTECTED + [n for n in PROTECTED[2:] if not n.startswith("DP randomness")]
+        "notes": list(extra_notes) + (SEGMENTS_PROTECTED + [n for n in PROTECTED[2:] if not n.startswith(("DP randomness", "Not covered"))]
                                       if design == "segments" and dp else PROTECTED),
         "silos": [ledger.as_dict() for ledger in ledgers],
     }
