@@ -228,7 +228,7 @@ def _save_model(context: Context, view, shared, result) -> None:
         return
     state = apply_update(shared, result.update)
     state.update(result.private)
-    save_silo_model(folder, view.name, state)
+    save_silo_model(folder, state)
 
 
 @app.evaluate()

@@ -137,25 +137,23 @@ class PrivacyLedger:
     def check(self, steps: int, *, phase: str, round_number: int) -> float:
         """The ε after ``steps`` more steps; records a refusal and raises PrivacyError if it would
         exceed the budget."""
-        projected = self.epsilon(steps)
+        return self._within_budget(self.epsilon(steps), phase=phase, round_number=round_number, steps=steps,
+                                   what=f"{steps} more steps")
+
+    def check_release(self, *, phase: str, round_number: int, gaussian: Sequence[Step], pure: float) -> float:
+        """Like ``check`` for a release of Gaussian steps ``gaussian`` and pure ``pure`` ε."""
+        return self._within_budget(self.epsilon(extra=gaussian, extra_pure=pure), phase=phase,
+                                   round_number=round_number, steps=sum(int(n) for _, _, n in gaussian),
+                                   what=f"the {phase}")
+
+    def _within_budget(self, projected: float, *, phase: str, round_number: int, steps: int, what: str) -> float:
+        """``projected`` if within the budget; else the refusal is recorded and PrivacyError raised."""
         if projected > self.epsilon_budget + 1e-9:
             self.refusals.append({"phase": phase, "round": round_number, "steps": int(steps),
                                   "projected_epsilon": projected, "spent": self.spent})
             raise PrivacyError(
-                f"{self.silo}: {steps} more steps would spend ε = {projected:.3f} > budget "
+                f"{self.silo}: {what} would spend ε = {projected:.3f} > budget "
                 f"{self.epsilon_budget} (spent {self.spent:.3f}); refusing"
-            )
-        return projected
-
-    def check_release(self, *, phase: str, round_number: int, gaussian: Sequence[Step], pure: float) -> float:
-        """Like ``check`` for a release of Gaussian steps ``gaussian`` and pure ``pure`` ε."""
-        projected = self.epsilon(extra=gaussian, extra_pure=pure)
-        if projected > self.epsilon_budget + 1e-9:
-            self.refusals.append({"phase": phase, "round": round_number, "steps": sum(int(n) for _, _, n in gaussian),
-                                  "projected_epsilon": projected, "spent": self.spent})
-            raise PrivacyError(
-                f"{self.silo}: the {phase} would spend ε = {projected:.3f} > budget {self.epsilon_budget} "
-                f"(spent {self.spent:.3f}); refusing"
             )
         return projected
 

@@ -19,6 +19,22 @@ from crossrec_core.evaluation import FULL_NDCG, FULL_RECALL, HR, MRR, NDCG
 TABLE_COLUMNS = (HR, NDCG, MRR, FULL_RECALL, FULL_NDCG)
 
 
+def write_npz_atomic(path: Path, arrays: dict) -> Path:
+    """``np.savez_compressed`` of ``arrays`` to ``path`` through a temporary file and a rename."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ import scipy.sparse as sp
 
 from crossrec_core.errors import PrivacyError
 from crossrec_core.evaluation import NDCG, FunctionScorer, evaluate
+from crossrec_core.reporting import write_npz_atomic
 from crossrec_core.splits import EvalNegatives, SiloSplit
 
 MIX_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))  # w = 0 is popularity; ratios > 0, so w = 1 is safe
@@ -240,11 +241,8 @@ class SegmentModel:
         return FunctionScorer(lambda users, items: np.take_along_axis(score_all(users), items, axis=1), score_all)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez_compressed(tmp, log_pop=self.log_pop, ratio=self.ratio, weights=np.array(self.weights),
-                            sources=np.array(self.sources))
-        tmp.replace(path)
+        write_npz_atomic(path, {"log_pop": self.log_pop, "ratio": self.ratio, "weights": np.array(self.weights),
+                                "sources": np.array(self.sources)})
 
     @classmethod
     def load(cls, path: Path, *, segments: int, items: int) -> "SegmentModel":
@@ -373,12 +371,7 @@ RELEASES_FILE = "segment_releases.npz"
 
 def save_releases(folder: Path, releases: dict[str, np.ndarray]) -> Path:
     """Keep the releases the target received (its recommendations need a shopper's values later)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / RELEASES_FILE
-    tmp = folder / f".{RELEASES_FILE}.tmp.npz"
-    np.savez_compressed(tmp, **releases)
-    tmp.replace(path)
-    return path
+    return write_npz_atomic(folder / RELEASES_FILE, releases)
 
 
 def load_releases(folder: Path) -> dict[str, np.ndarray]:

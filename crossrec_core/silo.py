@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from crossrec_core.evaluation import NDCG, ModelScorer, evaluate
 from crossrec_core.keying import keyed_uniform
 from crossrec_core.model import CrossRecModel, split_state
 from crossrec_core.privacy import PrivacyLedger
+from crossrec_core.reporting import write_npz_atomic
 from crossrec_core.segments import (
     SegmentModel,
     SegmentPlan,
@@ -400,14 +400,9 @@ def evaluate_test(
 MODEL_FILE = "model.npz"
 
 
-def save_silo_model(folder: Path, silo: str, state: dict[str, np.ndarray]) -> Path:
+def save_silo_model(folder: Path, state: dict[str, np.ndarray]) -> Path:
     """Write a silo's full model state atomically (temporary file, then rename)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / MODEL_FILE
-    tmp = folder / f".{MODEL_FILE}.{silo}.tmp.npz"
-    np.savez_compressed(tmp, **state)
-    os.replace(tmp, path)
-    return path
+    return write_npz_atomic(folder / MODEL_FILE, state)
 
 
 # ---- segment transfer -----------------------------------------------------------------------------
@@ -427,7 +422,7 @@ def release_segments(view: SiloView, ledger: PrivacyLedger) -> tuple[np.ndarray,
     (refused with PrivacyError, the refusal recorded, if it would exceed the budget)."""
     config = view.config
     start = time.perf_counter()
-    plan = segment_plan(config.replace(epsilon_budget=ledger.epsilon_budget, delta=ledger.delta))
+    plan = segment_plan(config)
     gaussian = [(plan.noise_multiplier, 1.0, plan.gaussian_steps)] if plan.gaussian_steps else []
     ledger.check_release(phase=RELEASE, round_number=1, gaussian=gaussian, pure=plan.rr_epsilon)
     values = release(view.split, view.user_rows, config.shopper_table_size, plan, _noise_rng(view, ledger, RELEASE))

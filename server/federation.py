@@ -27,7 +27,7 @@ from client import records as R
 from crossrec_core.aggregation import SiloUpdate, aggregate
 from crossrec_core.config import RunConfig
 from crossrec_core.errors import CrossrecError
-from crossrec_core.privacy import RANDOMIZED_RESPONSE, PrivacyLedger, mechanism_of
+from crossrec_core.privacy import PrivacyLedger
 from crossrec_core.privacy_report import write_ledger_report
 from crossrec_core.reporting import code_version, write_json
 from crossrec_core.scenario import ALL, COLD
@@ -213,6 +213,15 @@ class Federation:
             raise FederationError(f"no node of the target silo {self.config.target!r} took part")
         return targets
 
+    def _failed(self, reply: Message | None, phase: str, name: str) -> bool:
+        """True (logged, and recorded in ``rounds.jsonl``) if ``reply`` is missing or an error."""
+        if reply is not None and not reply.has_error():
+            return False
+        reason = "no reply" if reply is None else reply.error.reason
+        logger.warning("%s: silo %s failed: %s", phase, name, reason)
+        self._log({"phase": phase, "silo": name, "status": "failed", "reason": reason})
+        return True
+
     def segment_transfer(self) -> dict[str, dict[str, float]]:
         """Every source silo releases its segment values once; the target fits its segment model from
         them and returns its test metrics. Sources that fail or refuse are logged and left out."""
@@ -226,11 +235,8 @@ class Federation:
         for node in sources:
             name = self.silos[node]["name"]
             reply = replies.get(node)
-            if reply is None or reply.has_error():
-                reason = "no reply" if reply is None else reply.error.reason
-                logger.warning("release: silo %s failed: %s", name, reason)
+            if self._failed(reply, R.PHASE_RELEASE, name):
                 summary["failed"].append(name)
-                self._log({"phase": R.PHASE_RELEASE, "silo": name, "status": "failed", "reason": reason})
                 continue
             silo = reply.content[R.SILO]
             self._keep_ledger(silo.get("ledger"))
@@ -256,9 +262,7 @@ class Federation:
                                   f"refused: {summary['refused']})")
         np.savez_compressed(self.run_dir / RELEASES_FILE, **releases)
         # each release's randomized-response ε (public: the source's ledger), for undoing its channel
-        rr = {f"{R.RR_EPSILON}{name}": sum(float(e["pure_epsilon"]) for e in self.ledgers[name].entries
-                                           if mechanism_of(e) == RANDOMIZED_RESPONSE and e["phase"] == R.PHASE_RELEASE)
-              for name in releases}
+        rr = {f"{R.RR_EPSILON}{name}": self.ledgers[name].pure_epsilon for name in releases}
         instruction = ConfigRecord({"phase": R.PHASE_SEGMENTS, **rr})
         content = RecordDict({R.INSTRUCTION: instruction, R.RELEASE: R.to_array_record(releases)})
         replies = self._send({n: content for n in targets}, MessageType.QUERY, "segments")
@@ -266,10 +270,7 @@ class Federation:
         for node in targets:
             name = self.silos[node]["name"]
             reply = replies.get(node)
-            if reply is None or reply.has_error():
-                reason = "no reply" if reply is None else reply.error.reason
-                logger.warning("segments: target %s failed: %s", name, reason)
-                self._log({"phase": R.PHASE_SEGMENTS, "silo": name, "status": "failed", "reason": reason})
+            if self._failed(reply, R.PHASE_SEGMENTS, name):
                 continue
             self._keep_ledger(reply.content[R.SILO].get("ledger"))
             self._log({"phase": R.PHASE_SEGMENTS, "silo": name, "status": "ok",

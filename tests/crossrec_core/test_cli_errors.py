@@ -78,7 +78,7 @@ def tiny_run(tmp_path):
     (run / "config.json").write_text(json.dumps({"run_config": config.to_run_config()}))
     (run / "federated.json").write_text("{}")
     model = new_model(config, ["B"], sparse=False)
-    save_silo_model(run / "silos" / "B", "B", {k: v.numpy() for k, v in model.state_dict().items()})
+    save_silo_model(run / "silos" / "B", {k: v.numpy() for k, v in model.state_dict().items()})
     return run
 
 
